@@ -1,0 +1,1 @@
+"""The `inferl` command line: LightningCLI with fit / validate / test / predict."""

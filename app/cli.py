@@ -1,0 +1,47 @@
+"""`inferl fit --config configs/demo.yaml`: LightningCLI over InferlModule and PromptDataModule."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from datamodules.datamodule import PromptDataModule
+from datamodules.records import DataError
+from modules.module import ConfigError, InferlModule
+
+
+class ConciseArgumentParser(LightningArgumentParser):
+    """A parser whose errors are one explanation and a pointer to --help, not a page of usage."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"inferl: error: {message.strip()}\n(run `{prog} --help` for the accepted keys)\n")
+        sys.exit(2)
+
+
+class InferlCLI(LightningCLI):
+    """LightningCLI with a checkpoint section that keeps `last.ckpt` (so `--ckpt_path last` resumes)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 50,
+                             "checkpoint.save_top_k": -1, "checkpoint.filename": "step{step:06d}",
+                             "checkpoint.auto_insert_metric_name": False})
+
+
+def main(args: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        InferlCLI(InferlModule, PromptDataModule, args=args, parser_class=ConciseArgumentParser,
+                  save_config_kwargs={"overwrite": True},
+                  trainer_defaults={"log_every_n_steps": 1}, auto_configure_optimizers=False)
+    except (DataError, ConfigError) as error:
+        # bad data or settings: one line that says what and how to fix it, not a traceback
+        print(f"inferl: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,10 @@
+"""Objective callbacks (what the policy is trained for) and helper callbacks."""
+
+from callbacks.mean_reward import MeanReward
+from callbacks.objective import Groups, Objective
+from callbacks.objectives import BestOfN, BudgetConstrained, MajorityVote, PassAtK
+from callbacks.sample_table import SampleTable
+from callbacks.warm_start import SupervisedWarmStart
+
+__all__ = ["BestOfN", "BudgetConstrained", "Groups", "MajorityVote", "MeanReward", "Objective", "PassAtK",
+           "SampleTable", "SupervisedWarmStart"]

@@ -1,0 +1,70 @@
+"""The objective seam: a Lightning Callback that turns verified sample groups into per-sample weights.
+
+The module finds exactly one Objective among `trainer.callbacks` at fit start and calls `weights()`
+explicitly once per training step; nothing depends on hook order. An objective keeps its own state
+(k schedule position, dual variable) in `state_dict()`, which Lightning saves in checkpoints under
+`checkpoint["callbacks"][objective.state_key]`; the key names the class and the arguments that define the
+objective (`identity()`), so two instances of one class keep separate states and a checkpoint's state is
+only restored into an objective configured the same way (Lightning warns about the others).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+from torch import Tensor
+
+
+@dataclass
+class Groups:
+    """B prompts x G samples each, verified. All tensors are [B, G] on the same device.
+
+    rewards: verifier rewards (binary or real).
+    answer_ids: per-prompt answer class of each sample (equal ids = equivalent answers); -1 = unparsable.
+    scores: a verifier's score per sample for best-of-N selection, or None when the task has none.
+    costs: generated tokens per sample (the compute a sample spent).
+    values: the value head's prediction at the last token (a learned verifier), or None without a value head.
+    """
+
+    rewards: Tensor
+    answer_ids: Tensor
+    costs: Tensor
+    scores: Tensor | None = None
+    values: Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.rewards.shape)  # type: ignore[return-value]
+
+
+class Objective(L.Callback):
+    """Base class of objective callbacks. Subclasses implement `weights` (and `state_dict` if stateful)."""
+
+    #: the k this objective trains for (1 for mean reward); the module also reports pass@k at this k
+    k: int = 1
+
+    def identity(self) -> dict:
+        """The constructor arguments that define this objective (part of `state_key`; tuning knobs such as a
+        step size are left out, so changing them keeps a checkpoint's state)."""
+        return {"k": self.k}
+
+    @property
+    def state_key(self) -> str:
+        """Key of this objective's state in `checkpoint["callbacks"]`, e.g. "PassAtK{'k': 8, ...}"."""
+        return self._generate_state_key(**self.identity())
+
+    def weights(self, groups: Groups, step: int) -> Tensor:
+        """Per-sample weights [B, G] such that sum_i w_i grad log pi(y_i) estimates the objective's gradient."""
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars to log under `objective/` after each step (k, lambda, objective value)."""
+        return {"objective/k": float(self.k)}
+
+    def check_group_size(self, group_size: int) -> None:
+        """Raise a configuration error if G samples per prompt cannot serve this objective."""
+        if group_size < max(self.k, 2):
+            raise ValueError(
+                f"{type(self).__name__} needs at least max(k, 2) = {max(self.k, 2)} samples per prompt, but "
+                f"model.group_size is {group_size}; raise model.group_size or lower the objective's k")

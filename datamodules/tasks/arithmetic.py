@@ -1,0 +1,56 @@
+"""The synthetic task of the embedded demo: integer arithmetic with an exact, programmatic verifier."""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Literal
+
+from datamodules.records import PromptRecord, Verdict, load_records
+from datamodules.tasks.base import Task
+
+_ANSWER = re.compile(r"-?\d+")
+
+
+class Arithmetic(Task):
+    """Questions like "Q: 12+34=?\\nA: " whose answer is the integer result.
+
+    Records are generated from `seed` (the same seed gives the same records), or read from a JSONL file in
+    inferl's record schema ({"id", "prompt", "reference"}) when `path` is given.
+
+    Args:
+        path: a JSONL file of records to use instead of generated ones.
+        num_records: how many problems to generate.
+        digits: operands have 1 to `digits` digits.
+        operations: the operators to draw from.
+        seed: generation seed; use different seeds for training and validation sets.
+    """
+
+    name = "arithmetic"
+
+    def __init__(self, path: str | None = None, num_records: int = 1000, digits: int = 2,
+                 operations: list[Literal["+", "-", "*"]] | None = None, seed: int = 0) -> None:
+        if path is not None:
+            self.records = load_records(path, task=self.name)
+            return
+        if num_records < 1 or digits < 1:
+            raise ValueError(f"num_records and digits must be >= 1, got {num_records} and {digits}")
+        operations = operations or ["+"]
+        rng = random.Random(seed)
+        high = 10 ** digits - 1
+        self.records = []
+        for i in range(num_records):
+            a, b, op = rng.randint(0, high), rng.randint(0, high), rng.choice(operations)
+            result = {"+": a + b, "-": a - b, "*": a * b}[op]
+            self.records.append(PromptRecord(id=f"arith-{seed}-{i}", prompt=f"Q: {a}{op}{b}=?\nA: ",
+                                             reference=str(result), task=self.name))
+
+    def verify(self, record: PromptRecord, completion: str) -> Verdict:
+        """Reward 1 when the completion is exactly the answer (surrounding whitespace ignored), else 0.
+        The parsed answer (first integer) is returned for voting."""
+        parsed = _ANSWER.search(completion)
+        answer = parsed.group(0) if parsed else None
+        return Verdict(reward=float(completion.strip() == str(record.reference)), answer=answer)
+
+    def reference_completion(self, record: PromptRecord) -> str:
+        return str(record.reference)

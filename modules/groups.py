@@ -1,0 +1,39 @@
+"""From verifier verdicts to the [B, G] tensors an objective consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from callbacks.objective import Groups
+from datamodules.records import Verdict
+
+
+def answer_classes(answers: Sequence[str | None], group_size: int) -> torch.Tensor:
+    """Per-prompt class ids [B, G] of parsed answers: equal strings share an id, None is -1.
+
+    answers: B * G answers, sample j of prompt b at position b * G + j.
+    """
+    ids = torch.full((len(answers) // group_size, group_size), -1, dtype=torch.long)
+    for b in range(ids.shape[0]):
+        seen: dict[str, int] = {}
+        for j in range(group_size):
+            answer = answers[b * group_size + j]
+            if answer is not None:
+                ids[b, j] = seen.setdefault(answer, len(seen))
+    return ids
+
+
+def to_groups(verdicts: Sequence[Verdict], costs: torch.Tensor, group_size: int,
+              values: torch.Tensor | None = None) -> Groups:
+    """Stack B * G verdicts into Groups; `costs` [N] are generated tokens per sample, `values` [N] or None."""
+    shape = (len(verdicts) // group_size, group_size)
+    rewards = torch.tensor([v.reward for v in verdicts], dtype=torch.float32).view(shape)
+    scores = None
+    if verdicts and all(v.score is not None for v in verdicts):
+        scores = torch.tensor([v.score for v in verdicts], dtype=torch.float32).view(shape)
+    device = costs.device
+    return Groups(rewards=rewards.to(device), answer_ids=answer_classes([v.answer for v in verdicts], group_size).to(device),
+                  costs=costs.view(shape).float(), scores=None if scores is None else scores.to(device),
+                  values=None if values is None else values.view(shape))

@@ -1,0 +1,67 @@
+"""Loss pieces of the policy update, as pure functions of tensors (torch only).
+
+Shapes: N sequences, L completion tokens. `mask` is 1 on real completion tokens.
+References: PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347) with asymmetric clipping
+(DAPO, Yu et al. 2025, arXiv 2503.14476); KL estimators k1/k2/k3 (Schulman 2020, "Approximating KL
+divergence", http://joschu.net/blog/kl-approx.html).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+LossAggregation = Literal["token-mean", "sequence-mean"]
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+def clipped_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_low: float,
+                        clip_high: float) -> tuple[Tensor, Tensor]:
+    """Per-token PPO loss -min(rho A, clip(rho, 1-clip_low, 1+clip_high) A) and where clipping bit.
+
+    logprobs, old_logprobs: [N, L]; advantages: [N] (sequence-level weights) or [N, L] (per token).
+    Returns loss [N, L] and a float mask [N, L] of tokens whose clipped term was the one used.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    return loss, (clipped < unclipped).float()
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = "k3") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi. [N, L] -> [N, L].
+
+    k1 = log r^-1 (unbiased, high variance, can be negative); k2 = (log r)^2 / 2; k3 = r - 1 - log r
+    (unbiased, non-negative), with r = pi_ref / pi.
+    """
+    log_ratio = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
+    if estimator == "k3":
+        return torch.exp(log_ratio) - 1.0 - log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
+
+
+def aggregate(values: Tensor, mask: Tensor, mode: LossAggregation, total_tokens: float | None = None,
+              total_sequences: float | None = None) -> Tensor:
+    """Reduce per-token values [N, L] to a scalar.
+
+    token-mean: sum over all tokens / number of tokens (long answers weigh more; DAPO's choice).
+    sequence-mean: mean over sequences of each sequence's token mean (GRPO's original choice).
+    `total_tokens` / `total_sequences` give the denominator of the whole minibatch when N is a micro-batch
+    of it, so that accumulated micro-batch gradients equal the minibatch gradient.
+    """
+    mask = mask.to(values.dtype)
+    if mode == "token-mean":
+        return (values * mask).sum() / (total_tokens if total_tokens is not None else mask.sum().clamp(min=1))
+    if mode == "sequence-mean":
+        per_sequence = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_sequence.sum() / (total_sequences if total_sequences is not None else values.shape[0])
+    raise ValueError(f"unknown loss aggregation {mode!r}; choose token-mean or sequence-mean")

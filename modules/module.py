@@ -1,0 +1,362 @@
+"""The LightningModule: policy (+ frozen reference, + value-head slot), rollout, update, logging."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from callbacks import estimators
+from callbacks.objective import Groups, Objective
+from datamodules.records import PromptRecord, Verdict
+from modules.groups import to_groups
+from modules.logprobs import token_logprobs
+from modules.losses import KLEstimator, LossAggregation, aggregate, clipped_policy_loss, kl_penalty
+from modules.policy import PolicySource
+from modules.sampler import Samples, SamplingParams, sample
+
+
+@dataclass
+class LastRollout:
+    """The latest training step's prompts, completions and verdicts (sample j of prompt b at b * G + j)."""
+
+    records: list[PromptRecord]
+    texts: list[str]
+    verdicts: list[Verdict]
+    group_size: int
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message names the key and how to fix it."""
+
+
+def timed(name: str) -> Callable:
+    """Record the wall time of each call of the decorated method in `self.timings[name]`."""
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            start = time.perf_counter()
+            result = method(self, *args, **kwargs)
+            self.timings[name] = time.perf_counter() - start
+            return result
+        return run
+    return wrap
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-6)
+
+
+class InferlModule(L.LightningModule):
+    """RL fine-tuning of a causal LM toward an inference-time objective.
+
+    One training step: sample `group_size` completions per prompt, verify them, turn the rewards into
+    per-sample weights with the objective callback (exactly one in `trainer.callbacks`), and update the
+    policy with a clipped policy-gradient loss over `ppo_epochs` x `minibatches`.
+
+    Args:
+        policy: where the policy model and tokenizer come from (`modules.PretrainedPolicy`, `modules.TinyPolicy`).
+        group_size: G, completions sampled per prompt in training.
+        sampling: sampling settings of training rollouts.
+        val_sampling: sampling settings of validation (defaults to `sampling`).
+        val_samples: n, completions per prompt in validation (unbiased pass@k needs n >= k).
+        pass_k: the k of the pass@k / maj@k metrics (train: from the G samples; val: from the n samples).
+        optimizer: the optimizer, e.g. `{class_path: torch.optim.AdamW, init_args: {lr: 1e-6}}`.
+        ppo_epochs: passes over each step's samples.
+        minibatches: optimizer steps per pass (the step's sequences are split into this many minibatches).
+        micro_batch_size: sequences per forward/backward (gradients accumulate up to a minibatch); None = whole minibatch.
+        clip_low: lower PPO clip range: the ratio is clipped at 1 - clip_low.
+        clip_high: upper PPO clip range: the ratio is clipped at 1 + clip_high (DAPO raises it).
+        loss_aggregation: "token-mean" (all tokens of a minibatch weigh the same) or "sequence-mean".
+        kl_coef: beta, weight of the KL-to-reference loss term; 0 loads no reference model.
+        kl_estimator: "k1", "k2" or "k3" (default; unbiased and non-negative).
+        max_grad_norm: clip the gradient norm to this (None = no clipping).
+        logprob_chunk_tokens: tokens per chunk of the LM head + log-softmax (bounds logits memory).
+        seed: sampling seed (each rank offsets it by its rank).
+    """
+
+    def __init__(self, policy: PolicySource, group_size: int = 8, sampling: SamplingParams | None = None,
+                 val_sampling: SamplingParams | None = None, val_samples: int = 8, pass_k: int = 4,
+                 optimizer: OptimizerCallable = default_optimizer, ppo_epochs: int = 1, minibatches: int = 1,
+                 micro_batch_size: int | None = None, clip_low: float = 0.2, clip_high: float = 0.2,
+                 loss_aggregation: LossAggregation = "token-mean", kl_coef: float = 0.0,
+                 kl_estimator: KLEstimator = "k3", max_grad_norm: float | None = 1.0,
+                 logprob_chunk_tokens: int = 4096, seed: int = 0) -> None:
+        super().__init__()
+        # checkpoints load with weights_only=True: keep hparams to plain types (sampling settings as dicts)
+        self.save_hyperparameters(ignore=["policy", "optimizer", "sampling", "val_sampling"])
+        check_settings(group_size, val_samples, pass_k, ppo_epochs, minibatches, micro_batch_size, kl_coef)
+        self.automatic_optimization = False
+        self.policy_source = policy
+        self.tokenizer = policy.load_tokenizer()
+        self.policy = policy.load_model()
+        self.reference = frozen_copy(self.policy) if kl_coef > 0 else None
+        self.value_head: torch.nn.Module | None = None  # filled by the value-head (PPO critic) option
+        self.sampling = sampling or SamplingParams()
+        self.val_sampling = val_sampling or self.sampling
+        self.hparams.update(sampling=asdict(self.sampling), val_sampling=asdict(self.val_sampling))
+        self.make_optimizer = optimizer
+        self.objective: Objective | None = None
+        self.generator: torch.Generator | None = None
+        self.timings: dict[str, float] = {}
+        self._val_sums: dict[str, Tensor] = {}
+        self.last_rollout: LastRollout | None = None  # read by callbacks such as callbacks.SampleTable
+
+    # ----------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device
+        self.generator = torch.Generator(device=device).manual_seed(self.hparams.seed + self.global_rank)
+
+    def on_fit_start(self) -> None:
+        objectives = [c for c in self.trainer.callbacks if isinstance(c, Objective)]
+        if len(objectives) != 1:
+            found = ", ".join(type(c).__name__ for c in objectives) or "none"
+            raise ConfigError(f"exactly one objective callback is needed under trainer.callbacks (found: {found}); "
+                              "add one, e.g. `- class_path: callbacks.MeanReward`, or remove the extras")
+        self.objective = objectives[0]
+        self.objective.check_group_size(self.hparams.group_size)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.make_optimizer([p for p in self.policy.parameters() if p.requires_grad])
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # prompt records are tokenized and moved inside the step
+
+    def encode_prompt(self, record: PromptRecord) -> list[int]:
+        """Token ids of a record's prompt (chat messages rendered with the tokenizer's chat template)."""
+        if record.messages is not None:
+            text = self.tokenizer.apply_chat_template(record.messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer(text, add_special_tokens=False).input_ids
+        return self.tokenizer(record.prompt).input_ids
+
+    def reset_reference(self) -> None:
+        """Make the reference model the current policy (e.g. after a supervised warm start)."""
+        if self.reference is not None:
+            self.reference.load_state_dict(self.policy.state_dict())
+
+    # ----------------------------------------------------------------------------------------- training
+    def training_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
+        samples, texts = self.rollout(batch, self.hparams.group_size, self.sampling)
+        verdicts = self.verify(batch, texts, samples.group_size, stage="train")
+        groups = to_groups(verdicts, samples.completion_lengths, samples.group_size)
+        weights = self.weigh(groups)
+        ref_logprobs = self.reference_logprobs(samples)
+        stats = self.update(samples, weights.flatten(), ref_logprobs)
+        self.log_step(batch, samples, texts, verdicts, groups, weights, stats)
+
+    @timed("time/rollout_s")
+    @torch.no_grad()
+    def rollout(self, batch: Sequence[PromptRecord], group_size: int, params: SamplingParams,
+                generator: torch.Generator | None = None) -> tuple[Samples, list[str]]:
+        """G samples per prompt from the policy, and their decoded texts."""
+        was_training = self.policy.training
+        self.policy.eval()
+        samples = sample(self.policy, [self.encode_prompt(r) for r in batch], group_size, params,
+                         eos_ids=self.eos_token_ids(), pad_id=self.tokenizer.pad_token_id,
+                         generator=generator or self.generator, keep_going=self.keep_decoding)
+        self.policy.train(was_training)
+        texts = self.tokenizer.batch_decode(samples.completion_ids.masked_fill(samples.completion_mask == 0,
+                                                                               self.tokenizer.pad_token_id),
+                                            skip_special_tokens=True)
+        return samples, texts
+
+    @timed("time/verify_s")
+    def verify(self, batch: Sequence[PromptRecord], texts: list[str], group_size: int, stage: str) -> list[Verdict]:
+        records = [record for record in batch for _ in range(group_size)]
+        return self.trainer.datamodule.verify(records, texts, stage=stage)
+
+    def weigh(self, groups: Groups) -> Tensor:
+        return self.objective.weights(groups, self.global_step).to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def reference_logprobs(self, samples: Samples) -> Tensor | None:
+        if self.reference is None:
+            return None
+        return self.batched_logprobs(self.reference, samples)
+
+    def batched_logprobs(self, model: torch.nn.Module, samples: Samples) -> Tensor:
+        """Token log-probs [N, L] of the samples under `model`, computed micro-batch by micro-batch, no grad."""
+        size = self.hparams.micro_batch_size or samples.completion_ids.shape[0]
+        parts = [token_logprobs(model, *samples_rows(samples, rows), chunk_tokens=self.hparams.logprob_chunk_tokens)[0]
+                 for rows in torch.arange(samples.completion_ids.shape[0]).split(size)]
+        return torch.cat(parts)
+
+    @timed("time/update_s")
+    def update(self, samples: Samples, advantages: Tensor, ref_logprobs: Tensor | None) -> dict[str, float]:
+        """Clipped policy-gradient updates: ppo_epochs x minibatches optimizer steps on this step's samples."""
+        hp = self.hparams
+        on_policy = hp.ppo_epochs == 1 and hp.minibatches == 1  # one update: the old policy is the current one
+        old_logprobs = None if on_policy else self.batched_logprobs(self.policy, samples).detach()
+        optimizer = self.optimizers()
+        totals = {"loss": 0.0, "entropy": 0.0, "clip_frac": 0.0, "kl": 0.0, "tokens": 0.0}
+        n = samples.completion_ids.shape[0]
+        order_generator = torch.Generator().manual_seed(hp.seed + self.global_step)
+        for epoch in range(hp.ppo_epochs):
+            order = torch.randperm(n, generator=order_generator) if hp.minibatches > 1 else torch.arange(n)
+            minibatches = order.tensor_split(hp.minibatches)
+            for index, minibatch in enumerate(minibatches):
+                optimizer.zero_grad()
+                tokens = float(samples.completion_mask[minibatch].sum())
+                for rows in minibatch.split(hp.micro_batch_size or len(minibatch)):
+                    self.micro_step(samples, rows, advantages, old_logprobs, ref_logprobs, tokens, len(minibatch), totals)
+                if hp.max_grad_norm is not None:
+                    self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                last = epoch == hp.ppo_epochs - 1 and index == len(minibatches) - 1
+                # Lightning counts a global step per LightningOptimizer.step; inner updates use the raw optimizer
+                # so that one trainer step is one RL step (max_steps, val_check_interval and checkpoints count those)
+                optimizer.step() if last else optimizer.optimizer.step()
+        tokens = max(totals.pop("tokens"), 1.0)
+        return {name: value / tokens for name, value in totals.items()}
+
+    def micro_step(self, samples: Samples, rows: Tensor, advantages: Tensor, old_logprobs: Tensor | None,
+                   ref_logprobs: Tensor | None, minibatch_tokens: float, minibatch_size: int,
+                   totals: dict[str, float]) -> None:
+        """Forward, loss and backward on `rows` of the samples; adds token-summed statistics to `totals`."""
+        hp = self.hparams
+        prompt_ids, prompt_mask, completion_ids, mask = samples_rows(samples, rows)
+        logprobs, entropy = token_logprobs(self.policy, prompt_ids, prompt_mask, completion_ids, mask,
+                                           chunk_tokens=hp.logprob_chunk_tokens)
+        width = mask.shape[1]
+        old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width]
+        per_token, clipped = clipped_policy_loss(logprobs, old, advantages[rows], hp.clip_low, hp.clip_high)
+        loss = aggregate(per_token, mask, hp.loss_aggregation, minibatch_tokens, minibatch_size)
+        if ref_logprobs is not None:
+            kl = kl_penalty(logprobs, ref_logprobs[rows, :width], hp.kl_estimator)
+            loss = loss + hp.kl_coef * aggregate(kl, mask, hp.loss_aggregation, minibatch_tokens, minibatch_size)
+            totals["kl"] += float((kl.detach() * mask).sum())
+        self.manual_backward(loss)
+        count = float(mask.sum())
+        totals["loss"] += float(loss.detach()) * count
+        totals["entropy"] += float((entropy * mask).sum())
+        totals["clip_frac"] += float((clipped * mask).sum())
+        totals["tokens"] += count
+
+    def keep_decoding(self, local_done: bool) -> bool:
+        """Under sharded training every rank must join each forward: decode until all ranks are done."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return not local_done
+        done = torch.tensor(float(local_done), device=self.device)
+        return bool(self.trainer.strategy.reduce(done, reduce_op="min") < 1)
+
+    def eos_token_ids(self) -> list[int]:
+        ids = self.policy.generation_config.eos_token_id if self.policy.generation_config else None
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        return sorted(set(ids) | {self.tokenizer.eos_token_id} - {None})
+
+    # ----------------------------------------------------------------------------------------- logging
+    def log_step(self, batch: Sequence[PromptRecord], samples: Samples, texts: list[str], verdicts: list[Verdict],
+                 groups: Groups, weights: Tensor, stats: dict[str, float]) -> None:
+        rewards, k = groups.rewards, self.hparams.pass_k
+        lengths = samples.completion_lengths.float()
+        metrics = {
+            "train/reward_mean": rewards.mean(),
+            "train/pass@1": estimators.pass_at_k(rewards, 1).mean(),
+            "train/pass@k": estimators.pass_at_k(rewards, k).mean(),
+            "train/adv_zero_frac": (weights == 0).all(dim=1).float().mean(),
+            "train/entropy": stats["entropy"],
+            "train/clip_frac": stats["clip_frac"],
+            "train/loss": stats["loss"],
+            "train/response_len": lengths.mean(),
+            "train/truncated_frac": (~samples.finished).float().mean(),
+            "train/verify_errors": float(sum(v.error is not None for v in verdicts)),
+            "perf/gen_tokens_per_s": lengths.sum() / max(self.timings["time/rollout_s"], 1e-9),
+            **self.timings,
+            **self.objective.metrics(),
+        }
+        if (groups.answer_ids >= 0).any():
+            metrics["train/maj@k"] = estimators.majority_at_k(groups.answer_ids, rewards, k).mean()
+        if self.reference is not None:
+            metrics["train/kl"] = stats["kl"]
+        sync = self.trainer.world_size > 1
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=sync)
+        self.log("reward", metrics["train/reward_mean"], prog_bar=True, logger=False, batch_size=len(batch))
+        self.last_rollout = LastRollout(list(batch), texts, verdicts, samples.group_size)
+
+    # ----------------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        # the same prompts get the same samples at every validation, so curves compare like with like
+        self._val_generator = torch.Generator(device=self.device).manual_seed(10**6 + self.hparams.seed + self.global_rank)
+        self._val_sums = {}
+
+    def validation_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
+        n, k = self.hparams.val_samples, self.hparams.pass_k
+        samples, texts = self.rollout(batch, n, self.val_sampling, generator=self._val_generator)
+        verdicts = self.verify(batch, texts, n, stage="val")
+        groups = to_groups(verdicts, samples.completion_lengths, n)
+        per_prompt = {"val/pass@1": estimators.pass_at_k(groups.rewards, 1), "val/pass@k": estimators.pass_at_k(groups.rewards, k),
+                      "val/maj@k": estimators.majority_at_k(groups.answer_ids, groups.rewards, k),
+                      "val/response_len": groups.costs.mean(dim=1),
+                      "val/truncated_frac": (~samples.finished).float().view(-1, n).mean(dim=1)}
+        for name, values in per_prompt.items():
+            self._val_sums[name] = self._val_sums.get(name, 0.0) + values.double().sum()
+        self._val_sums["prompts"] = self._val_sums.get("prompts", 0.0) + torch.tensor(float(len(batch)), dtype=torch.float64)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_sums:
+            return
+        sums = {name: self.trainer.strategy.reduce(value.to(self.device), reduce_op="sum")
+                for name, value in self._val_sums.items()}
+        prompts = sums.pop("prompts")
+        metrics = {name: float(value / prompts) for name, value in sums.items()}
+        if self.trainer.sanity_checking:  # Lightning drops self.log here; this is the step-0 point of the curves
+            if self.logger is not None and self.global_rank == 0:
+                self.logger.log_metrics(metrics, step=self.global_step)
+            return
+        self.log_dict(metrics, on_epoch=True, batch_size=1)
+
+    test_step = validation_step
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_epoch_end = on_validation_epoch_end
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = self.generator.get_state().to(self.device)
+        states = self.all_gather(state) if self.trainer.world_size > 1 else state[None]
+        checkpoint["sampling_generator_states"] = states.cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("sampling_generator_states")
+        if states is not None and self.generator is not None and self.global_rank < len(states):
+            self.generator.set_state(states[self.global_rank].cpu())
+
+
+def samples_rows(samples: Samples, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Prompt ids/mask and completion ids/mask of `rows`, with all-padding columns trimmed."""
+    prompt_mask, completion_mask = samples.prompt_mask[rows], samples.completion_mask[rows]
+    first = int((prompt_mask.sum(0) > 0).nonzero()[0]) if prompt_mask.any() else 0
+    width = max(int(completion_mask.sum(-1).max()), 1)
+    return (samples.prompt_ids[rows, first:], prompt_mask[:, first:], samples.completion_ids[rows, :width],
+            completion_mask[:, :width])
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` in eval mode with gradients off (the KL reference)."""
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+def check_settings(group_size: int, val_samples: int, pass_k: int, ppo_epochs: int, minibatches: int,
+                   micro_batch_size: int | None, kl_coef: float) -> None:
+    """Reject settings that cannot work, naming the key."""
+    problems = []
+    if group_size < 2:
+        problems.append(f"model.group_size must be >= 2 (leave-one-out baselines need two samples), got {group_size}")
+    if not 1 <= pass_k <= min(group_size, val_samples):
+        problems.append(f"model.pass_k must be between 1 and min(model.group_size, model.val_samples) = "
+                        f"{min(group_size, val_samples)} (unbiased pass@k needs n >= k samples), got {pass_k}")
+    if ppo_epochs < 1 or minibatches < 1:
+        problems.append("model.ppo_epochs and model.minibatches must be >= 1")
+    if micro_batch_size is not None and micro_batch_size < 1:
+        problems.append(f"model.micro_batch_size must be >= 1 or null, got {micro_batch_size}")
+    if kl_coef < 0:
+        problems.append(f"model.kl_coef must be >= 0, got {kl_coef}")
+    if problems:
+        raise ConfigError("; ".join(problems))
