@@ -40,7 +40,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         InferlCLI(InferlModule, PromptDataModule, args=args, parser_class=ConciseArgumentParser,
                   save_config_kwargs={"overwrite": True},
-                  trainer_defaults={"log_every_n_steps": 1}, auto_configure_optimizers=False)
+                  trainer_defaults={"log_every_n_steps": 1, "plugins": [
+                      {"class_path": "modules.checkpoint_io.AtomicCheckpointIO"}]}, auto_configure_optimizers=False)
     except (DataError, ConfigError) as error:
         # bad data or settings: one line that says what and how to fix it, not a traceback
         print(f"inferl: error: {error}", file=sys.stderr)

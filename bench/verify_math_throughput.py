@@ -23,8 +23,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from datamodules.math_answers import _math_verify_equal, analyse_answer, shared_pool  # noqa: E402
-from datamodules.records import PromptRecord  # noqa: E402
+from datamodules.math_answers import (  # noqa: E402
+    analyse_answer,
+    check_equivalence,
+    math_verify_only,
+    normalize_answer,
+    shared_pool,
+)
 from datamodules.tasks.math_tasks import GSM8K, MATH  # noqa: E402
 
 
@@ -38,12 +43,11 @@ def perturb(gold: str) -> str:
     return gold + "+1"
 
 
-def _mv_job(gold: str, pred: str) -> bool:
-    a, b = analyse_answer(gold), analyse_answer(pred)
-    return _math_verify_equal(a.norm, b.norm)
-
-
 def run(label: str, task, completions: list[str], rows: list) -> None:
+    """Time task.verify_batch from cold caches (the answer analysis and the task's verdict cache)."""
+    analyse_answer.cache_clear()
+    normalize_answer.cache_clear()
+    task._cache.clear()
     t = time.perf_counter()
     verdicts = task.verify_batch(task.records, completions)
     dt = time.perf_counter() - t
@@ -67,14 +71,13 @@ def main() -> None:
     for name, cls, path in sets:
         task = cls(str(path), workers=args.workers, timeout_s=args.timeout_s)
         # start the pool outside the timings
-        shared_pool(task.workers).map(_mv_job, [("1", "1")] * task.workers, timeout_s=60)
+        shared_pool(task.workers).map(check_equivalence, [("x+1", "1+x")] * task.workers, timeout_s=60)
         refs = [task.reference_completion(r) for r in task.records]
         run(f"{name}: gold vs own solution", task, refs, rows)
         wrong = []
         for r in task.records:
             p = perturb(r.reference)
             wrong.append(f"So the answer is\n#### {p}" if cls is GSM8K else f"The answer is $\\boxed{{{p}}}$.")
-        task._cache.clear()
         run(f"{name}: gold vs perturbed wrong answer", task, wrong, rows)
         bad = [(r.id, r.reference, w) for r, w, v in
                zip(task.records, wrong, task.verify_batch(task.records, wrong)) if v.reward == 1.0]
@@ -83,7 +86,7 @@ def main() -> None:
         pool = shared_pool(task.workers)
         jobs = [(r.reference, r.reference) for r in task.records]
         t = time.perf_counter()
-        outs = pool.map(_mv_job, jobs, timeout_s=args.timeout_s)
+        outs = pool.map(math_verify_only, jobs, timeout_s=args.timeout_s)
         dt = time.perf_counter() - t
         rows.append((f"{name}: math-verify only, gold vs gold (pool)", len(jobs), dt, len(jobs) / dt,
                      sum(bool(o.ok and o.value) for o in outs), sum(not o.ok for o in outs)))
@@ -97,5 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _ = PromptRecord  # the records the tasks build
     main()

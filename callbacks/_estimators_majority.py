@@ -150,8 +150,6 @@ def resolve_method(answer_ids: Tensor, k: int, method: Method = "auto", weights:
     """Which path `method` runs on these answers: 'exact' or 'sampled'. auto compares exact_cost with
     EXACT_COST_LIMIT (for the weights, or for the value alone when weights=False)."""
     check_method(method)
-    if method != "auto":
-        return method
     return _choose(method, answer_ids.shape[0], encode_classes(answer_ids)[2], k, weights)
 
 

@@ -270,18 +270,21 @@ class BudgetConstrained(Objective):
     def identity(self) -> dict:
         return {"budget": self.budget, "cost": self.cost, "solver": self.solver, "long_threshold": self.long_threshold}
 
-    def costs(self, groups: Groups) -> Tensor:
-        """[B, G] cost of each response: tokens, or 1.0 for members of G+."""
+    def costs(self, groups: Groups) -> tuple[Tensor, Tensor | None]:
+        """([B, G] cost of each response, [B, G] bool membership of G+ or None): cost="tokens" gives the generated
+        tokens and no G+; cost="group" gives 1.0 for members of G+ (longer than long_threshold) and G+ itself."""
         tokens = groups.costs.to(groups.rewards.device).double()
-        return tokens if self.cost == "tokens" else (tokens > self.long_threshold).double()
+        if self.cost == "tokens":
+            return tokens, None
+        plus = tokens > self.long_threshold
+        return plus.double(), plus
 
     def weights(self, groups: Groups, step: int) -> Tensor:
-        rewards, c = groups.rewards, self.costs(groups)
+        rewards, (c, plus) = groups.rewards, self.costs(groups)
         self._value = float(rewards.double().mean())
         self._mean_cost = float(c.mean())
         if self.solver == "selection":
             info: dict = {}
-            plus = c > 0.5 if self.cost == "group" else None
             w = budget_selection_weights(rewards, c, plus, self.budget, one_per_prompt=self.one_per_prompt, info=info)
             self.lam = float(info["mu"])
             return w

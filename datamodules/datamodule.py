@@ -66,6 +66,7 @@ class PromptDataModule(L.LightningDataModule):
         return RecordBatches(records[rank::world], self.val_batch_size)  # every record on exactly one rank
 
     test_dataloader = val_dataloader
+    predict_dataloader = val_dataloader
 
     def verify(self, records: Sequence[PromptRecord], completions: Sequence[str],
                stage: Literal["train", "val"] = "train") -> list[Verdict]:

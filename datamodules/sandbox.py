@@ -268,7 +268,9 @@ def _probe(cfg: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     if problems:
         return False, {"why": "; ".join(problems)}
     details = {"net": "none" if cfg["ns"] else "host", "fs": "private root" if cfg["ns"] else "host",
-               "uid": info.get("uid"), "pid_ns": info.get("pid") == 1}
+               "uid": info.get("uid"), "pid_ns": info.get("pid") == 1,
+               "via": ("unshare(2) in a user namespace" if cfg["userns"] else "unshare(2)") if cfg["ns"]
+               else ("setuid" if cfg["uid_drop"] else "rlimits")}
     return True, details
 
 

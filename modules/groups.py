@@ -31,8 +31,8 @@ def to_groups(verdicts: Sequence[Verdict], costs: torch.Tensor, group_size: int,
     shape = (len(verdicts) // group_size, group_size)
     rewards = torch.tensor([v.reward for v in verdicts], dtype=torch.float32).view(shape)
     scores = None
-    if verdicts and all(v.score is not None for v in verdicts):
-        scores = torch.tensor([v.score for v in verdicts], dtype=torch.float32).view(shape)
+    if any(v.score is not None for v in verdicts):  # a sample whose verifier failed scores 0, like its reward
+        scores = torch.tensor([0.0 if v.score is None else v.score for v in verdicts], dtype=torch.float32).view(shape)
     device = costs.device
     return Groups(rewards=rewards.to(device), answer_ids=answer_classes([v.answer for v in verdicts], group_size).to(device),
                   costs=costs.view(shape).float(), scores=None if scores is None else scores.to(device),

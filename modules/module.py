@@ -121,7 +121,10 @@ class InferlModule(L.LightningModule):
             raise ConfigError(f"exactly one objective callback is needed under trainer.callbacks (found: {found}); "
                               "add one, e.g. `- class_path: callbacks.MeanReward`, or remove the extras")
         self.objective = objectives[0]
-        self.objective.check_group_size(self.hparams.group_size)
+        try:
+            self.objective.check_group_size(self.hparams.group_size)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.make_optimizer([p for p in self.policy.parameters() if p.requires_grad])
@@ -290,10 +293,12 @@ class InferlModule(L.LightningModule):
         samples, texts = self.rollout(batch, n, self.val_sampling, generator=self._val_generator)
         verdicts = self.verify(batch, texts, n, stage="val")
         groups = to_groups(verdicts, samples.completion_lengths, n)
-        per_prompt = {"val/pass@1": estimators.pass_at_k(groups.rewards, 1), "val/pass@k": estimators.pass_at_k(groups.rewards, k),
-                      "val/maj@k": estimators.majority_at_k(groups.answer_ids, groups.rewards, k),
-                      "val/response_len": groups.costs.mean(dim=1),
-                      "val/truncated_frac": (~samples.finished).float().view(-1, n).mean(dim=1)}
+        stage = "test" if self.trainer.testing else "val"
+        per_prompt = {f"{stage}/pass@1": estimators.pass_at_k(groups.rewards, 1),
+                      f"{stage}/pass@k": estimators.pass_at_k(groups.rewards, k),
+                      f"{stage}/maj@k": estimators.majority_at_k(groups.answer_ids, groups.rewards, k),
+                      f"{stage}/response_len": groups.costs.mean(dim=1),
+                      f"{stage}/truncated_frac": (~samples.finished).float().view(-1, n).mean(dim=1)}
         for name, values in per_prompt.items():
             self._val_sums[name] = self._val_sums.get(name, 0.0) + values.double().sum()
         self._val_sums["prompts"] = self._val_sums.get("prompts", 0.0) + torch.tensor(float(len(batch)), dtype=torch.float64)
@@ -314,6 +319,15 @@ class InferlModule(L.LightningModule):
     test_step = validation_step
     on_test_epoch_start = on_validation_epoch_start
     on_test_epoch_end = on_validation_epoch_end
+
+    def predict_step(self, batch: list[PromptRecord], batch_idx: int) -> list[dict]:
+        """`val_samples` completions per prompt with their verdicts: [{id, completions, rewards, answers}]."""
+        n = self.hparams.val_samples
+        samples, texts = self.rollout(batch, n, self.val_sampling)
+        verdicts = self.verify(batch, texts, n, stage="val")
+        return [{"id": record.id, "completions": texts[b * n:(b + 1) * n],
+                 "rewards": [v.reward for v in verdicts[b * n:(b + 1) * n]],
+                 "answers": [v.answer for v in verdicts[b * n:(b + 1) * n]]} for b, record in enumerate(batch)]
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -47,10 +47,12 @@ class Arithmetic(Task):
 
     def verify(self, record: PromptRecord, completion: str) -> Verdict:
         """Reward 1 when the completion is exactly the answer (surrounding whitespace ignored), else 0.
-        The parsed answer (first integer) is returned for voting."""
+        The parsed answer (first integer) is returned for voting; the score, a cheap and noisy verifier for
+        best-of-N, is 1 when that answer's last digit is right (every correct answer and some wrong ones)."""
         parsed = _ANSWER.search(completion)
         answer = parsed.group(0) if parsed else None
-        return Verdict(reward=float(completion.strip() == str(record.reference)), answer=answer)
+        score = float(answer is not None and answer[-1] == str(record.reference)[-1])
+        return Verdict(reward=float(completion.strip() == str(record.reference)), answer=answer, score=score)
 
     def reference_completion(self, record: PromptRecord) -> str:
         return str(record.reference)

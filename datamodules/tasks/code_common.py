@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ast
 import builtins
+import logging
 import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from datamodules.records import PromptRecord, Verdict
-from datamodules.sandbox import SandboxLimits, SandboxPool, TestResult, default_pool
+from datamodules.sandbox import SandboxLimits, SandboxPool, TestResult, default_pool, isolation_level
 from datamodules.tasks.base import Task, safe_verify
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|```|\Z)", re.DOTALL)
@@ -114,6 +115,7 @@ class CodeTask(Task):
         """Verify in parallel on the sandbox pool (each completion runs in its own sandboxed process)."""
         if len(records) != len(completions):
             raise ValueError(f"verify_batch: {len(records)} records but {len(completions)} completions")
+        announce_isolation()
         return self.pool.map(lambda rc: safe_verify(self.verify, rc[0], rc[1]), list(zip(records, completions)))
 
     def _message(self, text: str) -> dict[str, Any]:
@@ -133,11 +135,23 @@ class CodeTask(Task):
 
 
 
+_announced = False
+
+
+def announce_isolation() -> None:
+    """Say once per process, where a training run shows it (Lightning's console logger), which sandbox isolation
+    level is active; a degraded level is also logged at WARNING by datamodules.sandbox itself."""
+    global _announced
+    if not _announced:
+        _announced = True
+        logging.getLogger("lightning.pytorch").info("inferl: code sandbox isolation %s", isolation_level().describe())
+
+
 def last_line(text: str) -> str:
     """The last non-blank line of `text` (e.g. a traceback's exception line), at most 300 characters."""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "non-zero exit status"
 
 
-__all__ = ["CodeTask", "compiles", "defines", "extract_code", "free_and_called_names", "last_line", "stdlib_modules",
-           "trim_trailing_prose"]
+__all__ = ["CodeTask", "announce_isolation", "compiles", "defines", "extract_code", "free_and_called_names", "last_line",
+           "stdlib_modules", "trim_trailing_prose"]

@@ -245,13 +245,17 @@ class MATH(MathAnswerTask):
             "last_number"; None for ["boxed", "hash", "answer_is"] (no last-number guessing).
         hub_split, hub_config: the split and configuration to load when `path` is a hub dataset name (e.g.
             HuggingFaceH4/MATH-500) and the `datasets` package is installed.
+        exclude: a MATH-style file (or hub name) whose problems are left out, e.g. MATH-500 when training on the
+            5000-problem test split and validating on MATH-500 (the remaining 4500, as in PRM800K).
     """
 
     name = "math"
 
     def __init__(self, path: str, chat: bool = True, instruction: str | None = None, few_shot: int = 0,
                  limit: int | None = None, timeout_s: float = 5.0, workers: int | None = None,
-                 strategies: list[str] | None = None, hub_split: str = "test", hub_config: str | None = None):
+                 strategies: list[str] | None = None, hub_split: str = "test", hub_config: str | None = None,
+                 exclude: str | None = None):
+        self.exclude = exclude
         super().__init__(path, chat=chat, instruction=instruction, few_shot=few_shot, limit=limit,
                          timeout_s=timeout_s, workers=workers, strategies=strategies, hub_split=hub_split,
                          hub_config=hub_config)
@@ -291,4 +295,10 @@ class MATH(MathAnswerTask):
                          "meta": {"level": level, "subject": subject if isinstance(subject, str) else None}})
         if not rows:
             raise DataError(f"{path}: the file has no records")
+        if self.exclude is not None:
+            drop = {" ".join(require(obj, "problem", self.exclude, lineno).split())
+                    for lineno, obj in read_rows(self.exclude, self.hub_split, self.hub_config)}
+            rows = [r for r in rows if " ".join(r["question"].split()) not in drop]
+            if not rows:
+                raise DataError(f"{path}: every problem is also in exclude={self.exclude}; nothing is left")
         return rows

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,3 +45,31 @@ def test_bad_input_is_one_explanation(args, says):
     assert says in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 5, result.stderr
+
+
+def small_demo(tmp_path) -> Path:
+    """configs/demo.yaml with a 5-step warm start and 4 validation prompts, writing under tmp_path."""
+    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"] == "callbacks.SupervisedWarmStart":
+            callback["init_args"]["steps"] = 5
+    config["trainer"].update(val_check_interval=2, enable_progress_bar=False)
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
+    config["checkpoint"].update(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1)
+    config["data"]["val"]["init_args"]["num_records"] = 4
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_fit_resume_and_validate_from_the_command_line(tmp_path):
+    config = str(small_demo(tmp_path))
+    first = inferl("fit", "--config", config, "--trainer.max_steps", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    resumed = inferl("fit", "--config", config, "--trainer.max_steps", "3", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 3
+    checked = inferl("validate", "--config", config, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"))
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert "val/pass@1" in checked.stdout

@@ -1,5 +1,5 @@
-"""callbacks.estimators against the shared exact vectors, brute-force enumeration, exact gradients of a toy
-policy (unbiasedness), large groups (stability) and configuration errors."""
+"""callbacks.estimators against the shared exact vectors, brute-force enumeration of all k-subsets, and
+configuration errors. Unbiasedness on a toy policy and stability at G = 512: test_estimator_properties.py."""
 
 from __future__ import annotations
 
@@ -31,12 +31,10 @@ from callbacks.estimators import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import brute_force as bf  # noqa: E402
+from estimator_testing import D, close, exact, t  # noqa: E402
 
 # the repo root is parents[2]; shared/ lies beside it (in CI too, where the repo is cloned elsewhere)
 VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "objectives.json"
-TOL = 1e-9
-D = torch.float64
-
 
 TESTED_VECTOR_KEYS = {"pkpo_binary", "pkpo_continuous", "tang_passk_n_eq_k", "tang_majvote_n_eq_k", "chen_analytic",
                       "majority_vote_loo_minus_1", "bon_loo_minus_1"}
@@ -53,21 +51,6 @@ def vectors(key: str) -> list[dict]:
     cases = all_vectors()[key]
     assert cases, f"no cases under {key!r} in {VECTORS}"
     return cases
-
-
-def t(rows) -> torch.Tensor:
-    return torch.tensor(rows, dtype=D)
-
-
-def exact(items) -> list[float]:
-    return [float(Fraction(x["exact"])) for x in items]
-
-
-def close(actual, expected, tol: float = TOL) -> None:
-    a = torch.as_tensor(actual, dtype=D).flatten()
-    e = torch.tensor([float(x) for x in expected], dtype=D).flatten()
-    assert a.shape == e.shape, (a, e)
-    assert torch.allclose(a, e, atol=tol, rtol=0), f"\nactual   {a.tolist()}\nexpected {e.tolist()}"
 
 
 def ids_of(answers: list, gold: set) -> tuple[torch.Tensor, torch.Tensor]:
@@ -419,150 +402,6 @@ def test_dual_update_raises_lambda_when_over_budget_and_floors_at_zero():
     assert dual_update(0.5, mean_cost=300.0, budget=200.0, lr=1e-3) == pytest.approx(0.6)
     assert dual_update(0.5, mean_cost=100.0, budget=200.0, lr=1e-3) == pytest.approx(0.4)
     assert dual_update(0.05, mean_cost=100.0, budget=200.0, lr=1e-3) == 0.0
-
-
-# ---------------------------------------------------------------------------------------------------- (3)
-
-def exact_expected_gradient(theta, outcomes_reward, g: int, weights_fn):
-    """E over all G-tuples of i.i.d. samples of sum_i w_i grad log pi(y_i), enumerated exactly."""
-    pi = torch.softmax(theta.detach(), 0)
-    n_out = len(pi)
-    tuples = torch.tensor(list(itertools.product(range(n_out), repeat=g)))
-    prob = pi[tuples].prod(-1)
-    w = weights_fn(tuples)  # [T, G]
-    score = torch.nn.functional.one_hot(tuples, n_out).to(D) - pi  # grad_theta log pi(y) = e_y - pi
-    return (prob[:, None, None] * w[..., None] * score).sum((0, 1))
-
-
-def exact_objective_gradient(theta, k: int, f_of_tuple):
-    """grad of J_k = E over k i.i.d. samples of f, by enumerating all k-tuples and autograd."""
-    th = theta.detach().clone().requires_grad_(True)
-    pi = torch.softmax(th, 0)
-    j = sum(pi[list(tup)].prod() * f_of_tuple(tup) for tup in itertools.product(range(len(theta)), repeat=k))
-    (grad,) = torch.autograd.grad(j, th)
-    return grad
-
-
-THETA = torch.tensor([0.3, -0.8, 0.5, -0.1], dtype=D)
-REWARD = t([1.0, 0.0, 0.4, 0.4])  # real rewards with a tie
-
-
-@pytest.mark.parametrize("baseline,g,k", [("none", 4, 2), ("loo", 4, 2), ("loo-1", 4, 2), ("loo-1", 4, 3),
-                                          ("loo-1", 3, 3), ("none", 3, 3), ("loo", 5, 3)])
-def test_passk_weights_are_unbiased_for_the_max_at_k_gradient(baseline, g, k):
-    est = exact_expected_gradient(THETA, REWARD, g, lambda tup: passk_weights(REWARD[tup], k, baseline))
-    ref = exact_objective_gradient(THETA, k, lambda tup: max(float(REWARD[i]) for i in tup))
-    assert torch.allclose(est, ref, atol=1e-9, rtol=0), (est, ref)
-
-
-def test_mean_weights_are_unbiased_on_the_advantage_scale():
-    """mean_weights is the spec's r_i - mean_{j != i} r_j: the *mean* over the G samples of w_i grad log pi is
-    unbiased for grad E[r] (the sum is G times it, unlike the k >= 2 weights whose sum is unbiased)."""
-    g = 3
-    est = exact_expected_gradient(THETA, REWARD, g, lambda tup: mean_weights(REWARD[tup]))
-    ref = exact_objective_gradient(THETA, 1, lambda tup: float(REWARD[tup[0]]))
-    assert torch.allclose(est / g, ref, atol=1e-9, rtol=0)
-
-
-ANSWER = torch.tensor([0, 1, 1, -1])  # outcome -> answer class (outcomes 1 and 2 give the same answer)
-CORRECT = t([1.0, 0.0, 0.0, 0.0])
-
-
-@pytest.mark.parametrize("g,k", [(4, 2), (4, 3), (3, 3), (5, 4)])
-def test_majority_weights_are_unbiased_for_the_maj_at_k_gradient(g, k):
-    est = exact_expected_gradient(THETA, CORRECT, g,
-                                  lambda tup: majority_weights(ANSWER[tup], CORRECT[tup], k, method="exact"))
-    ref = exact_objective_gradient(
-        THETA, k, lambda tup: float(bf.majority_f([int(ANSWER[i]) for i in tup], [float(CORRECT[i]) for i in tup],
-                                                  tuple(range(k)))))
-    assert torch.allclose(est, ref, atol=1e-9, rtol=0), (est, ref)
-
-
-SCORE = t([0.9, 0.9, 0.2, 0.5])  # outcomes 0 and 1 tie in score with different rewards
-
-
-@pytest.mark.parametrize("g,k", [(4, 2), (4, 3), (3, 3)])
-def test_bon_weights_are_unbiased_for_the_bon_at_k_gradient(g, k):
-    est = exact_expected_gradient(THETA, REWARD, g, lambda tup: bon_weights(REWARD[tup], SCORE[tup], k))
-    ref = exact_objective_gradient(
-        THETA, k, lambda tup: float(bf.bon_f([float(REWARD[i]) for i in tup], [float(SCORE[i]) for i in tup],
-                                             tuple(range(k)))))
-    assert torch.allclose(est, ref, atol=1e-9, rtol=0), (est, ref)
-
-
-# ---------------------------------------------------------------------------------------------------- (4)
-
-@pytest.mark.parametrize("k", [1, 2, 8, 64, 256, 511, 512])
-def test_passk_is_exact_and_finite_at_g_512(k):
-    n = 512
-    gen = torch.Generator().manual_seed(k)
-    r = (torch.rand(4, n, generator=gen) < torch.tensor([[0.002], [0.1], [0.6], [0.999]])).to(D)
-    c = r.sum(-1).long().tolist()
-    close(pass_at_k(r, k), [1 - Fraction(math.comb(n - ci, k), math.comb(n, k)) for ci in c], tol=1e-12)
-    w = passk_weights(r, k)
-    assert torch.isfinite(w).all()
-    if k > 1:
-        for row, ci in enumerate(c):
-            expect = Fraction(math.comb(n - ci, k - 1), math.comb(n, k))
-            assert torch.allclose(w[row][r[row] == 1], torch.tensor(float(expect), dtype=D), rtol=1e-12, atol=0)
-            assert torch.all(w[row][r[row] == 0] == 0)
-    real = torch.rand(4, n, generator=gen, dtype=D)
-    for baseline in ("none", "loo", "loo-1"):
-        if baseline == "loo" and k == n:
-            continue
-        assert torch.isfinite(passk_weights(real, k, baseline)).all()
-    if k > 1:
-        assert torch.isfinite(chen_passk_weights(r, k)).all()
-        assert torch.isfinite(bon_weights(real, torch.rand(4, n, generator=gen, dtype=D), k)).all()
-
-
-def sorted_closed_form(g: list[float], k: int, baseline: str) -> list[Fraction]:
-    """The spec's sorted closed forms of the plain and loo-1 max@k weights in exact arithmetic (distinct g)."""
-    n, cnk = len(g), math.comb(len(g), k)
-    order = sorted(range(n), key=lambda i: g[i])
-    out: list[Fraction] = [Fraction(0)] * n
-    acc = Fraction(0)
-    positions = range(n - 1, -1, -1) if baseline == "none" else range(n)
-    for pos in positions:
-        rank, value = pos + 1, Fraction(g[order[pos]])
-        if baseline == "none":  # [C(i-1, k-1) g_(i) + sum_{j > i} C(j-2, k-2) g_(j)] / C
-            out[order[pos]] = (math.comb(rank - 1, k - 1) * value + acc) / cnk
-            acc += (math.comb(rank - 2, k - 2) if rank >= 2 and k >= 2 else 0) * value
-        else:  # [C(i-1, k-1) g_(i) - sum_{j < i} C(j-1, k-2) g_(j)] / C
-            out[order[pos]] = (math.comb(rank - 1, k - 1) * value - acc) / cnk
-            acc += math.comb(rank - 1, k - 2) * value
-    return out
-
-
-@pytest.mark.parametrize("k", [2, 64, 256, 511, 512])
-@pytest.mark.parametrize("baseline", ["none", "loo-1"])
-def test_real_reward_weights_at_g_512_match_exact_arithmetic(k, baseline):
-    r = torch.rand(1, 512, generator=torch.Generator().manual_seed(k), dtype=D)
-    expect = torch.tensor([float(x) for x in sorted_closed_form(r[0].tolist(), k, baseline)], dtype=D)
-    w = passk_weights(r, k, baseline)[0]
-    assert torch.allclose(w, expect, rtol=1e-11, atol=1e-13 * float(expect.abs().max()))
-
-
-def test_float32_inputs_give_float32_outputs_at_g_512():
-    r = (torch.rand(2, 512) < 0.3).float()
-    for w in (passk_weights(r, 64), bon_weights(r, torch.rand(2, 512), 64), mean_weights(r), pass_at_k(r, 64)):
-        assert w.dtype == torch.float32 and torch.isfinite(w).all()
-
-
-def test_majority_exact_at_g_512_matches_count_composition_reference():
-    sizes, correct, invalid, k = [300, 150, 40], [1.0, 0.0, 0.5], 22, 6
-    ids = torch.tensor([sum(([c] * s for c, s in enumerate(sizes)), []) + [-1] * invalid])
-    corr = t([sum(([correct[c]] * s for c, s in enumerate(sizes)), []) + [0.0] * invalid])
-    value, per_class = bf.majority_by_counts(sizes, correct, invalid, k)
-    close(majority_at_k(ids, corr, k, method="exact"), [value])
-    w = majority_weights(ids, corr, k, method="exact")[0]
-    close(torch.stack([w[ids[0] == c][0] for c in range(3)]), per_class)
-
-
-def test_majority_sampled_is_finite_at_g_512():
-    ids = torch.randint(-1, 50, (2, 512), generator=torch.Generator().manual_seed(0))
-    w = majority_weights(ids, (ids % 3 == 0).to(D), 128, num_subsets=16)
-    assert torch.isfinite(w).all()
 
 
 # ---------------------------------------------------------------------------------------------------- (5)

@@ -71,6 +71,23 @@ def test_demo_variant_differs_from_demo_yaml_only_in_the_objective_and_run_names
         "callback, the logger name and the checkpoint dirpath")
 
 
+@pytest.mark.parametrize("name", sorted(DEMO_VARIANTS))
+def test_demo_objective_instantiates_and_fits_the_demo_group_size(name):
+    from jsonargparse import ArgumentParser
+
+    import callbacks
+    from callbacks import Objective
+
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--objective", type=Objective)
+    objective = parser.instantiate(parser.parse_object({"objective": config["trainer"]["callbacks"][0]})).objective
+    assert type(objective) is getattr(callbacks, DEMO_VARIANTS[name].removeprefix("callbacks."))
+    objective.check_group_size(config["model"]["group_size"])  # raises on a k the demo's G cannot serve
+    if DEMO_VARIANTS[name] != "callbacks.BudgetConstrained":
+        assert objective.k == config["model"]["pass_k"]  # trained for the k the demo reports
+
+
 @pytest.mark.parametrize("callback,match", [
     ({"class_path": "callbacks.PassAtK", "init_args": {"k": 4, "baseline": "mean"}}, "baseline"),
     ({"class_path": "callbacks.MajorityVote", "init_args": {"k": 4, "methd": "exact"}}, "methd"),

@@ -3,6 +3,7 @@ machine responsive, nothing left behind on the host, done within its limit plus 
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -97,6 +99,33 @@ def test_isolation_level_is_reported(iso):
     assert isolation_level() is iso  # detected once
 
 
+@pytest.mark.timeout(120)
+def test_isolation_level_is_logged_and_degrades_loudly(iso, monkeypatch, caplog):
+    """The detected level is logged at INFO (at WARNING when degraded); when the stronger levels fail, the warning
+    names what is missing and why each stronger level failed."""
+    try:
+        with caplog.at_level(logging.INFO, logger="datamodules.sandbox"):
+            level = isolation_level(refresh=True)
+        assert level.level == iso.level
+        line = next(r for r in caplog.records if "code sandbox isolation" in r.getMessage())
+        assert iso.level in line.getMessage()
+        assert line.levelno == (logging.INFO if iso.namespaces else logging.WARNING)
+        caplog.clear()
+        real_probe = sandbox._probe  # as on a host without namespaces or root: the stronger levels cannot start
+        monkeypatch.setattr(sandbox, "_probe", lambda cfg: (False, {"why": "unshare: Operation not permitted"})
+                            if cfg["ns"] or cfg["uid_drop"] else real_probe(cfg))
+        with caplog.at_level(logging.INFO, logger="datamodules.sandbox"):
+            degraded = isolation_level(refresh=True)
+        assert degraded.level == "rlimits-only" and not degraded.network_isolated
+        warning = next(r for r in caplog.records if "degraded" in r.getMessage())
+        assert warning.levelno == logging.WARNING
+        text = warning.getMessage()
+        assert "rlimits-only" in text and "network isolation" in text and "Operation not permitted" in text
+    finally:
+        monkeypatch.undo()
+        assert isolation_level(refresh=True).level == iso.level
+
+
 @pytest.mark.timeout(60)
 def test_program_runs_and_reads_stdin():
     r = run_program("import sys\nprint(sum(int(t) for t in sys.stdin.read().split()))", "1 2 3\n4", LIM)
@@ -179,9 +208,9 @@ def test_hang_in_tests_mode_and_at_import():
 def test_fork_bomb_is_contained(iso, src):
     if not iso.uid_drop and not iso.user_namespace:
         pytest.skip(f"no process limit at isolation level {iso.level} (RLIMIT_NPROC needs a dedicated uid)")
-    with Contained(script_limit()):
+    with Contained(script_limit()):  # contained: on time, nothing left running (checked on exit), host alive
         r = run_program(src, "", LIM)
-        assert r.status != "ok" or r.returncode != 0 or True  # any status: what matters is containment
+    assert r.status in ("ok", "error", "killed", "timeout"), r  # whatever the bomb's own fate
     with Contained(script_limit()):  # and the pool still works afterwards
         assert run_program("print(1)", "", LIM).stdout == "1\n"
 
@@ -195,6 +224,15 @@ def test_memory_bomb_fails_cleanly(src):
         r = run_program(src, "", LIM)
         assert r.status in ("error", "killed") and "allocated" not in r.stdout
         assert "MemoryError" in r.stderr or r.status == "killed"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
+def test_memory_bomb_in_tests_mode_fails_cleanly(isolate):
+    src = "def f(x):\n    big = bytearray(10 * 1024 ** 3)\n    return x + 1\n"
+    with Contained(script_limit()):
+        r = run_tests(src, F_UNITS, entry=["f"], isolate_calls=isolate, limits=LIM)
+    assert not r.passed and "MemoryError" in (r.error or ""), r
 
 
 @pytest.mark.timeout(60)
@@ -484,13 +522,17 @@ def test_tests_and_expected_values_are_not_in_the_candidate_process():
 
 @pytest.mark.timeout(60)
 def test_pool_map_keeps_order_and_runs_in_parallel():
-    progs = [f"import time\ntime.sleep(0.5)\nprint({i})" for i in range(4)]
+    """Each job waits at a barrier for all four: the map only completes if four programs run at once."""
+    barrier = threading.Barrier(4, timeout=30)
+
+    def job(p):
+        barrier.wait()
+        return run_program(p, "", LIM).stdout
+
+    progs = [f"print({i})" for i in range(4)]
     with SandboxPool(4) as pool:
-        t = time.monotonic()
-        out = pool.map(lambda p: run_program(p, "", LIM).stdout, progs)
-        elapsed = time.monotonic() - t
+        out = pool.map(job, progs)
     assert out == [f"{i}\n" for i in range(4)]
-    assert elapsed < 4 * 0.5 + 2.0
 
 
 @pytest.mark.timeout(60)
@@ -508,7 +550,8 @@ def test_degraded_level_still_contains_basic_abuse(monkeypatch):
         assert run_program("while True:\n    pass\n", "", LIM).status == "timeout"
     with Contained(script_limit()):
         assert run_program("while True:\n    print('x' * 1000)\n", "", LIM).status == "output_limit"
+    before = _sandbox_leftovers()
     for src in EXITS[:3] + ALWAYS_EQUAL[:1]:
         assert not run_tests(src + ("" if "def f" in src else BAD_F), F_UNITS, entry=["f"], limits=LIM).passed
     assert run_tests(GOOD_F, F_UNITS, entry=["f"], limits=LIM).passed
-    assert _sandbox_leftovers() == set() or True
+    assert _sandbox_leftovers() <= before  # its temporary working directories are removed
