@@ -8,3 +8,8 @@ from callbacks.warm_start import SupervisedWarmStart
 
 __all__ = ["BestOfN", "BudgetConstrained", "Groups", "MajorityVote", "MeanReward", "Objective", "PassAtK",
            "SampleTable", "SupervisedWarmStart"]
+
+from callbacks.eval_report import EvalReport  # noqa: E402
+from callbacks.tensorboard_extras import TensorBoardExtras  # noqa: E402
+
+__all__ += ["EvalReport", "TensorBoardExtras"]

@@ -15,7 +15,6 @@ from datamodules.math_normalize import _MATH_WORDS, _TEXT_CMDS, _strip_wrappers,
 from datamodules.math_parse import (_A, _F, _M, _MAX_BITS, _P, _PM, _R, _S, _Parser, _Pct, _Seq, _Unparsable, _bounded,
                                     _tokenize)
 
-# ----- canonicalisation of the parse tree
 
 def _num(text: str) -> Fraction:
     if len(text) > 400:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -191,9 +192,12 @@ def isolation_level(refresh: bool = False) -> Isolation:
             if not _iso.uid_drop:
                 missing.append("a separate user (programs run as YOU: they can read your files and signal your "
                                "processes)")
+            tools = ", ".join(f"{t}={shutil.which(t) or 'not installed'}" for t in ("unshare", "bwrap"))
             log.warning("code sandbox isolation is degraded to %s: no %s. Stronger levels failed: %s. Run as root "
-                        "(e.g. in a container with CAP_SYS_ADMIN) or allow unprivileged user namespaces.",
-                        _iso.level, ", ".join(missing), "; ".join(failures))
+                        "(e.g. in a container with CAP_SYS_ADMIN) or allow unprivileged user namespaces "
+                        "(sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0). inferl calls "
+                        "unshare(2) itself, so no tool is needed (found: %s).",
+                        _iso.level, ", ".join(missing), "; ".join(failures), tools)
         return _iso
 
 

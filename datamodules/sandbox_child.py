@@ -74,6 +74,11 @@ def _enter(pub, out_fd):
     stage = "start"
     try:
         ctypes, libc = _libc()
+        # die with the trainer: without it, a sleeping program would outlive a trainer killed mid-run (the wall-clock
+        # limit is the trainer's to enforce, and a sleep uses no CPU time)
+        libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        if os.getppid() != pub.get("parent", os.getppid()):
+            os._exit(SETUP_FAILED)  # the trainer died before the signal was armed
         if iso["ns"]:
             stage = "unshare"
             flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
@@ -116,7 +121,8 @@ def _enter(pub, out_fd):
         os.environ.clear()
         os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "TMP": home,
                            "TEMP": home, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"})
-        sys.path[:] = [p for p in sys.path if p and os.path.isdir(p)] + [p for p in pub["site_dirs"] if os.path.isdir(p)]
+        sys.path[:] = ([p for p in sys.path if p and os.path.isdir(p)]
+                       + [p for p in pub["site_dirs"] if os.path.isdir(p)])
         sys.dont_write_bytecode = True
     except BaseException as e:  # noqa: BLE001 - report any failure, never run untrusted code half-confined
         try:
@@ -452,7 +458,8 @@ def main():
     mode = pub["mode"]
     harness = None
     if mode == "tests":
-        import sandbox_harness as harness  # next to this file; must be imported before the root is switched
+        import sandbox_harness as harness  # next to this file (with sandbox_remote, sandbox_strict): imported before
+        # the root is switched, while this directory is still visible
     elif mode == "probe":
         import errno  # noqa: F401 - the probe's own needs, before a dropped uid may lose the standard library
         import json  # noqa: F401

@@ -126,7 +126,7 @@ def _launch(pub: dict[str, Any], secret: dict[str, Any] | None, limits, *, iso, 
             os.chmod(workdir, 0o700)
         pub = dict(pub, iso={"ns": iso.namespaces, "userns": iso.user_namespace, "uid": uid, "gid": uid,
                              "binds": _binds() if iso.namespaces else [], "workdir": workdir},
-                   limits=limits.for_child(n_cases), site_dirs=_site_dirs())
+                   limits=limits.for_child(n_cases), site_dirs=_site_dirs(), parent=os.getpid())
         pub_b, sec_b = marshal.dumps(pub), marshal.dumps(secret or {})
         pr, pw = os.pipe()
         sr, sw = os.pipe()

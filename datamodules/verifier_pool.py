@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import queue
 import select
 import subprocess
 import sys
@@ -114,6 +115,42 @@ class _Worker:
             self.proc.wait()
 
 
+class _Spawner:
+    """Starts worker processes from a thread that lives as long as the process. A worker's PR_SET_PDEATHSIG fires when
+    the *thread* that started it exits, so workers started from a short-lived thread (a thread pool's, say) would be
+    killed with it: those are started by this long-lived daemon thread instead; the main thread starts its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            return fn()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="inferl-verifier-spawner", daemon=True)
+                self._thread.start()
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs.put((fn, done))
+        ok, value = done.get()
+        if not ok:
+            raise value
+        return value
+
+    def _loop(self) -> None:
+        while True:
+            fn, done = self._jobs.get()
+            try:
+                done.put((True, fn()))
+            except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                done.put((False, e))
+
+
+_spawner = _Spawner()
+
+
 def _stop_workers(workers: list) -> None:
     for w in workers:
         try:
@@ -166,9 +203,9 @@ class VerifierPool:
 
     # -- lifecycle
     def _spawn(self) -> _Worker:
-        proc = subprocess.Popen([sys.executable, "-u", str(WORKER_SCRIPT)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=None, start_new_session=True, close_fds=True,
-                                cwd=os.getcwd())
+        proc = _spawner.run(lambda: subprocess.Popen(
+            [sys.executable, "-u", str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+            start_new_session=True, close_fds=True, cwd=os.getcwd()))
         w = _Worker(proc)
         try:
             warm_up = None if self.warm_up is None else pickle.dumps(self.warm_up)  # unpickled after the worker's setup

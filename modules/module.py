@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -19,18 +20,24 @@ from datamodules.records import PromptRecord, Verdict
 from modules.groups import to_groups
 from modules.logprobs import token_logprobs
 from modules.losses import KLEstimator, LossAggregation, aggregate, clipped_policy_loss, kl_penalty
+from modules.metrics import EvalMetrics
 from modules.policy import PolicySource
 from modules.sampler import Samples, SamplingParams, sample
 
 
 @dataclass
 class LastRollout:
-    """The latest training step's prompts, completions and verdicts (sample j of prompt b at b * G + j)."""
+    """Prompts, completions and verdicts of one rollout (sample j of prompt b at b * G + j): the latest training
+    step's (`InferlModule.last_rollout`, with the objective's weights [B, G]) or a validation / test batch's (what
+    `validation_step` returns, with generated token counts and EOS flags per sample)."""
 
     records: list[PromptRecord]
     texts: list[str]
     verdicts: list[Verdict]
     group_size: int
+    weights: Tensor | None = None
+    lengths: list[int] | None = None
+    finished: list[bool] | None = None
 
 
 class ConfigError(ValueError):
@@ -68,6 +75,8 @@ class InferlModule(L.LightningModule):
         val_sampling: sampling settings of validation (defaults to `sampling`).
         val_samples: n, completions per prompt in validation (unbiased pass@k needs n >= k).
         pass_k: the k of the pass@k / maj@k metrics (train: from the G samples; val: from the n samples).
+        eval_ks: the ks of validation / test pass@k, maj@k and bon@k curves (logged as val/pass@{k} ...), each
+            <= val_samples; None = [1, pass_k] and the powers of 2 up to val_samples.
         optimizer: the optimizer, e.g. `{class_path: torch.optim.AdamW, init_args: {lr: 1e-6}}`.
         ppo_epochs: passes over each step's samples.
         minibatches: optimizer steps per pass (the step's sequences are split into this many minibatches).
@@ -84,7 +93,7 @@ class InferlModule(L.LightningModule):
 
     def __init__(self, policy: PolicySource, group_size: int = 8, sampling: SamplingParams | None = None,
                  val_sampling: SamplingParams | None = None, val_samples: int = 8, pass_k: int = 4,
-                 optimizer: OptimizerCallable = default_optimizer, ppo_epochs: int = 1, minibatches: int = 1,
+                 eval_ks: list[int] | None = None, optimizer: OptimizerCallable = default_optimizer, ppo_epochs: int = 1, minibatches: int = 1,
                  micro_batch_size: int | None = None, clip_low: float = 0.2, clip_high: float = 0.2,
                  loss_aggregation: LossAggregation = "token-mean", kl_coef: float = 0.0,
                  kl_estimator: KLEstimator = "k3", max_grad_norm: float | None = 1.0,
@@ -93,6 +102,7 @@ class InferlModule(L.LightningModule):
         # checkpoints load with weights_only=True: keep hparams to plain types (sampling settings as dicts)
         self.save_hyperparameters(ignore=["policy", "optimizer", "sampling", "val_sampling"])
         check_settings(group_size, val_samples, pass_k, ppo_epochs, minibatches, micro_batch_size, kl_coef)
+        self.eval_ks = resolve_eval_ks(eval_ks, pass_k, val_samples)
         self.automatic_optimization = False
         self.policy_source = policy
         self.tokenizer = policy.load_tokenizer()
@@ -106,7 +116,10 @@ class InferlModule(L.LightningModule):
         self.objective: Objective | None = None
         self.generator: torch.Generator | None = None
         self.timings: dict[str, float] = {}
-        self._val_sums: dict[str, Tensor] = {}
+        # validation and test metrics (states are not checkpointed); one solve-rate bin per solved count up to n = 32
+        self.val_metrics = EvalMetrics(self.eval_ks, pass_k, histogram_bins=val_samples + 1 if val_samples <= 32 else 32)
+        self._eval_skip: set[str] = set()  # prompt ids already evaluated this epoch (see restore_eval)
+        self.eval_results: dict | None = None  # the latest validation / test: metrics and solve-rate histogram
         self.last_rollout: LastRollout | None = None  # read by callbacks such as callbacks.SampleTable
 
     # ----------------------------------------------------------------------------------------- setup
@@ -279,37 +292,74 @@ class InferlModule(L.LightningModule):
             metrics["train/kl"] = stats["kl"]
         sync = self.trainer.world_size > 1
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=sync)
-        self.log("reward", metrics["train/reward_mean"], prog_bar=True, logger=False, batch_size=len(batch))
-        self.last_rollout = LastRollout(list(batch), texts, verdicts, samples.group_size)
+        progress = {"reward": metrics["train/reward_mean"], f"pass@{k}": metrics["train/pass@k"],
+                    "tok/s": metrics["perf/gen_tokens_per_s"]}
+        self.log_dict(progress, prog_bar=True, logger=False, batch_size=len(batch))
+        self.last_rollout = LastRollout(list(batch), texts, verdicts, samples.group_size, weights=weights.detach())
 
     # ----------------------------------------------------------------------------------------- validation
-    def on_validation_epoch_start(self) -> None:
-        # the same prompts get the same samples at every validation, so curves compare like with like
-        self._val_generator = torch.Generator(device=self.device).manual_seed(10**6 + self.hparams.seed + self.global_rank)
-        self._val_sums = {}
+    def on_validation_start(self) -> None:
+        # a fresh epoch; a callback may then add prompts evaluated earlier with restore_eval (on_*_epoch_start)
+        self.val_metrics.reset()
+        self._eval_skip = set()
 
-    def validation_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
-        n, k = self.hparams.val_samples, self.hparams.pass_k
-        samples, texts = self.rollout(batch, n, self.val_sampling, generator=self._val_generator)
-        verdicts = self.verify(batch, texts, n, stage="val")
+    def restore_eval(self, ids: Sequence[str], verdicts: Sequence[Verdict], lengths: Sequence[int],
+                     finished: Sequence[bool]) -> None:
+        """Count prompts evaluated before (e.g. read back from an interrupted report) in this epoch's metrics and
+        skip them in the rollout. ids: B prompt ids; verdicts, lengths (generated tokens), finished (EOS): B * n,
+        sample j of prompt b at b * n + j, n = val_samples. Call it from a callback's on_validation_epoch_start
+        (or on_test_epoch_start)."""
+        n = self.hparams.val_samples
+        if not len(verdicts) == len(lengths) == len(finished) == len(ids) * n:
+            raise ValueError(f"restore_eval: {len(ids)} prompts need {len(ids) * n} samples (val_samples = {n}), "
+                             f"got {len(verdicts)} verdicts, {len(lengths)} lengths, {len(finished)} flags")
+        if not ids:
+            return
+        groups = to_groups(verdicts, torch.tensor(lengths, device=self.device), n)
+        self.val_metrics.update(groups, torch.tensor(finished, device=self.device))
+        self._eval_skip |= set(ids)
+
+    def validation_step(self, batch: list[PromptRecord], batch_idx: int) -> LastRollout | None:
+        """`val_samples` completions per prompt, verified and added to the metrics; returns them (for report
+        callbacks), or None when every prompt of the batch was restored by restore_eval."""
+        n = self.hparams.val_samples
+        todo = [record for record in batch if record.id not in self._eval_skip]
+        if self.trainer.world_size > 1 and not todo:
+            # sharded generation needs every rank in each decode step: roll out (and drop) if another rank works
+            busy = self.trainer.strategy.reduce(torch.tensor(0.0, device=self.device), reduce_op="max")
+            if busy > 0:
+                self.rollout(batch, n, self.val_sampling, generator=self.eval_generator(batch_idx))
+            return None
+        if self.trainer.world_size > 1:
+            self.trainer.strategy.reduce(torch.tensor(1.0, device=self.device), reduce_op="max")
+        if not todo:
+            return None
+        samples, texts = self.rollout(todo, n, self.val_sampling, generator=self.eval_generator(batch_idx))
+        verdicts = self.verify(todo, texts, n, stage="val")
         groups = to_groups(verdicts, samples.completion_lengths, n)
-        stage = "test" if self.trainer.testing else "val"
-        per_prompt = {f"{stage}/pass@1": estimators.pass_at_k(groups.rewards, 1),
-                      f"{stage}/pass@k": estimators.pass_at_k(groups.rewards, k),
-                      f"{stage}/maj@k": estimators.majority_at_k(groups.answer_ids, groups.rewards, k),
-                      f"{stage}/response_len": groups.costs.mean(dim=1),
-                      f"{stage}/truncated_frac": (~samples.finished).float().view(-1, n).mean(dim=1)}
-        for name, values in per_prompt.items():
-            self._val_sums[name] = self._val_sums.get(name, 0.0) + values.double().sum()
-        self._val_sums["prompts"] = self._val_sums.get("prompts", 0.0) + torch.tensor(float(len(batch)), dtype=torch.float64)
+        self.val_metrics.update(groups, samples.finished)
+        return LastRollout(todo, texts, verdicts, n, lengths=samples.completion_lengths.tolist(),
+                           finished=samples.finished.tolist())
+
+    def eval_generator(self, batch_idx: int) -> torch.Generator:
+        """The sampling RNG of validation batch `batch_idx`: the same prompts get the same samples at every
+        validation (curves compare like with like), and a resumed evaluation redoes a batch exactly."""
+        seed = (10**6 + self.hparams.seed) * 2**32 + self.global_rank * 2**20 + batch_idx
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_sums:
+        with warnings.catch_warnings():  # a rank without batches still joins the reduction
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            values = self.val_metrics.compute()
+            histogram = self.val_metrics.histogram()
+        self.val_metrics.reset()
+        self._eval_skip = set()
+        if "pass@1" not in values:
             return
-        sums = {name: self.trainer.strategy.reduce(value.to(self.device), reduce_op="sum")
-                for name, value in self._val_sums.items()}
-        prompts = sums.pop("prompts")
-        metrics = {name: float(value / prompts) for name, value in sums.items()}
+        stage = "test" if self.trainer.testing else "val"
+        metrics = {f"{stage}/{name}": value for name, value in values.items()}
+        self.eval_results = {"stage": stage, "step": self.global_step, "n": self.hparams.val_samples,
+                             "ks": list(self.val_metrics.ks), "metrics": metrics, "solve_rate_histogram": histogram}
         if self.trainer.sanity_checking:  # Lightning drops self.log here; this is the step-0 point of the curves
             if self.logger is not None and self.global_rank == 0:
                 self.logger.log_metrics(metrics, step=self.global_step)
@@ -317,17 +367,23 @@ class InferlModule(L.LightningModule):
         self.log_dict(metrics, on_epoch=True, batch_size=1)
 
     test_step = validation_step
-    on_test_epoch_start = on_validation_epoch_start
+    on_test_start = on_validation_start
     on_test_epoch_end = on_validation_epoch_end
 
     def predict_step(self, batch: list[PromptRecord], batch_idx: int) -> list[dict]:
-        """`val_samples` completions per prompt with their verdicts: [{id, completions, rewards, answers}]."""
+        """`val_samples` completions per prompt with their verdicts:
+        [{id, completions, rewards, answers, scores, tokens, finished}]."""
         n = self.hparams.val_samples
-        samples, texts = self.rollout(batch, n, self.val_sampling)
+        samples, texts = self.rollout(batch, n, self.val_sampling, generator=self.eval_generator(batch_idx))
         verdicts = self.verify(batch, texts, n, stage="val")
-        return [{"id": record.id, "completions": texts[b * n:(b + 1) * n],
-                 "rewards": [v.reward for v in verdicts[b * n:(b + 1) * n]],
-                 "answers": [v.answer for v in verdicts[b * n:(b + 1) * n]]} for b, record in enumerate(batch)]
+        lengths, finished = samples.completion_lengths.tolist(), samples.finished.tolist()
+        rows = []
+        for b, record in enumerate(batch):
+            part = slice(b * n, (b + 1) * n)
+            rows.append({"id": record.id, "completions": texts[part], "rewards": [v.reward for v in verdicts[part]],
+                         "answers": [v.answer for v in verdicts[part]], "scores": [v.score for v in verdicts[part]],
+                         "tokens": lengths[part], "finished": finished[part]})
+        return rows
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -355,6 +411,18 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     reference = copy.deepcopy(model).eval()
     reference.requires_grad_(False)
     return reference
+
+
+def resolve_eval_ks(eval_ks: Sequence[int] | None, pass_k: int, val_samples: int) -> list[int]:
+    """The validation ks: `eval_ks` checked against val_samples, or [1, pass_k] and the powers of 2 up to val_samples."""
+    if eval_ks is None:
+        return sorted({1, pass_k} | {2**i for i in range(val_samples.bit_length()) if 2**i <= val_samples})
+    bad = [k for k in eval_ks if not 1 <= k <= val_samples]
+    if bad or not eval_ks:
+        raise ConfigError(f"model.eval_ks must be a non-empty list of ks between 1 and model.val_samples = {val_samples} "
+                          f"(unbiased pass@k needs n >= k samples), got {list(eval_ks)}; raise model.val_samples or "
+                          "drop the large ks")
+    return sorted({1, pass_k, *eval_ks})
 
 
 def check_settings(group_size: int, val_samples: int, pass_k: int, ppo_epochs: int, minibatches: int,

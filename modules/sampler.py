@@ -83,15 +83,115 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 
 
 def draw(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """Draw one token per row from logits [N, V]; return tokens [N] and their log-probs [N] (float32)."""
+    """Draw one token per row from logits [N, V]; return tokens [N] and their log-probs [N] (float32).
+
+    Sampling is by inversion: one uniform number per row against the cumulative sum of the unnormalised
+    probabilities, so a step makes N random numbers (torch.multinomial makes N * V exponentials, which on CPU
+    costs more than the model's forward at a 32k vocabulary) and one full-vocabulary exp pass.
+    """
     logits = logits.float()
     if params.temperature == 0:
-        logprobs = logits.log_softmax(-1)
-        tokens = logprobs.argmax(-1)
-        return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
-    logprobs = filter_logits(logits / params.temperature, params.top_k, params.top_p).log_softmax(-1)
-    tokens = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
-    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+        tokens = logits.argmax(-1)
+        return tokens, logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
+    logits = filter_logits(logits, params.top_k, params.top_p)
+    peak = logits.amax(-1, keepdim=True)
+    cumulative = (logits - peak).exp_().cumsum_(-1)  # unnormalised CDF [N, V]; its last column is the total mass
+    total = cumulative[:, -1:]
+    uniform = torch.rand(total.shape, generator=generator, device=logits.device, dtype=total.dtype)
+    # first index whose cumulative mass exceeds u * total: zero-probability tokens are never chosen
+    tokens = torch.searchsorted(cumulative, uniform * total, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    chosen = logits.gather(-1, tokens[:, None]) - peak - total.log()
+    return tokens, chosen.squeeze(-1)
+
+
+def preallocate(cache, extra_tokens: int) -> None:
+    """Give each plain dynamic layer of a transformers cache room for `extra_tokens` more positions, in place.
+
+    transformers' DynamicLayer appends by concatenation, which copies the whole cache at every decode step; a
+    preallocated layer writes the new keys/values into its buffer and exposes the filled part as a view. Other
+    layer kinds (sliding window, quantized, linear attention) and caches without `layers` are left as they are.
+    """
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # an older transformers without layered caches: keep concatenation
+        return
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return
+    for index, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
+            layers[index] = _preallocated_layer(DynamicLayer)(layer, extra_tokens)
+
+
+def _preallocated_layer(base: type) -> type:
+    """A DynamicLayer subclass (built lazily so that importing this module does not need transformers' internals)."""
+    global _PreallocatedLayer
+    if _PreallocatedLayer is None:
+        class PreallocatedLayer(base):
+            """A DynamicLayer whose keys/values live in buffers [n, heads, length + extra, dim]."""
+
+            def __init__(self, layer, extra_tokens: int) -> None:
+                super().__init__()
+                self.dtype, self.device, self.is_initialized = layer.keys.dtype, layer.keys.device, True
+                self.length = layer.keys.shape[-2]
+                self._keys = _grown(layer.keys, extra_tokens)
+                self._values = _grown(layer.values, extra_tokens)
+                self._expose()
+
+            def _expose(self) -> None:
+                self.keys, self.values = self._keys[:, :, :self.length], self._values[:, :, :self.length]
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                end = self.length + key_states.shape[-2]
+                if end > self._keys.shape[-2]:  # more tokens than planned: grow (never happens in `sample`)
+                    self._keys = _grown(self._keys[:, :, :self.length], end - self.length)
+                    self._values = _grown(self._values[:, :, :self.length], end - self.length)
+                self._keys[:, :, self.length:end] = key_states
+                self._values[:, :, self.length:end] = value_states
+                self.length = end
+                self._expose()
+                return self.keys, self.values
+
+            def get_seq_length(self) -> int:
+                return self.length
+
+            def reset(self) -> None:
+                self.length = 0
+                self._expose()
+
+            def crop(self, tokens_to_remove: int) -> None:
+                if tokens_to_remove > 0:
+                    raise ValueError("crop takes a negative number of tokens to remove")
+                self.length = max(self.length + tokens_to_remove, 0)
+                self._expose()
+
+            def batch_repeat_interleave(self, repeats: int) -> None:
+                self._keys = self._keys.repeat_interleave(repeats, dim=0)
+                self._values = self._values.repeat_interleave(repeats, dim=0)
+                self._expose()
+
+            def batch_select_indices(self, indices: Tensor) -> None:
+                self._keys, self._values = self._keys[indices], self._values[indices]
+                self._expose()
+
+            def reorder_cache(self, beam_idx: Tensor) -> None:
+                self.batch_select_indices(beam_idx.to(self._keys.device))
+
+        _PreallocatedLayer = PreallocatedLayer
+    return _PreallocatedLayer
+
+
+_PreallocatedLayer: type | None = None
+
+
+def _grown(states: Tensor, extra_tokens: int) -> Tensor:
+    """states [n, h, t, d] copied into a new buffer [n, h, t + extra_tokens, d]."""
+    n, heads, length, dim = states.shape
+    buffer = states.new_empty((n, heads, length + extra_tokens, dim))
+    buffer[:, :, :length] = states
+    return buffer
 
 
 @torch.no_grad()
@@ -100,9 +200,10 @@ def sample(model: torch.nn.Module, prompts: Sequence[Sequence[int]], group_size:
            keep_going: Callable[[bool], bool] | None = None) -> Samples:
     """Sample `group_size` completions for each prompt (token-id lists) with a KV cache.
 
-    The B prompts are prefilled once; the cache is then repeated G times. Rows that emit an EOS token leave
-    the decode batch. `keep_going(local_done)` lets distributed callers keep every rank stepping until all are
-    done (FSDP needs all ranks in each forward); by default decoding stops when the local batch is done.
+    The B prompts are prefilled once; the cache is then repeated G times (into buffers with room for the
+    completions, so decode steps write in place). Rows that emit an EOS token leave the decode batch.
+    `keep_going(local_done)` lets distributed callers keep every rank stepping until all are done (FSDP needs all
+    ranks in each forward); by default decoding stops when the local batch is done.
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
@@ -111,9 +212,12 @@ def sample(model: torch.nn.Module, prompts: Sequence[Sequence[int]], group_size:
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1)
     cache = out.past_key_values
+    preallocate(cache, params.max_new_tokens)
     cache.batch_repeat_interleave(group_size)
     logits = out.logits[:, -1].repeat_interleave(group_size, 0)
-    attention = prompt_mask.repeat_interleave(group_size, 0)
+    # the attention mask of prompt + completion, filled with ones ahead; step t reads its first width + t + 1 columns
+    attention = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], params.max_new_tokens)], dim=-1)
+    attention = attention.repeat_interleave(group_size, 0)
     next_position = positions[:, -1:].repeat_interleave(group_size, 0) + 1
 
     completion_ids = torch.full((n, params.max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -131,8 +235,8 @@ def sample(model: torch.nn.Module, prompts: Sequence[Sequence[int]], group_size:
             logprobs[live, step] = token_logprobs
             lengths[live] += 1
             ended = torch.isin(tokens, eos)
-            finished[live[ended]] = True
             if ended.any():
+                finished[live[ended]] = True
                 stay = (~ended).nonzero().squeeze(-1)
                 cache.batch_select_indices(stay)
                 live, tokens = live[stay], tokens[stay]
@@ -140,9 +244,8 @@ def sample(model: torch.nn.Module, prompts: Sequence[Sequence[int]], group_size:
         if step == params.max_new_tokens - 1 or not keep_going(live.numel() == 0):
             break
         if live.numel():
-            attention = torch.cat([attention, attention.new_ones(live.numel(), 1)], dim=-1)
-            out = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_position,
-                        past_key_values=cache, use_cache=True)
+            out = model(input_ids=tokens[:, None], attention_mask=attention[:, :width + step + 1],
+                        position_ids=next_position, past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1]
             next_position = next_position + 1
         else:  # this rank is done but others are not: step the model on a dummy row to stay in lockstep

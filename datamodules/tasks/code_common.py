@@ -153,5 +153,5 @@ def last_line(text: str) -> str:
     return lines[-1][:300] if lines else "non-zero exit status"
 
 
-__all__ = ["CodeTask", "announce_isolation", "compiles", "defines", "extract_code", "free_and_called_names", "last_line",
-           "stdlib_modules", "trim_trailing_prose"]
+__all__ = ["CodeTask", "announce_isolation", "compiles", "defines", "extract_code", "free_and_called_names",
+           "last_line", "stdlib_modules", "trim_trailing_prose"]

@@ -17,6 +17,7 @@ import pytest
 from datamodules.records import DataError, PromptRecord, Verdict
 from datamodules.sandbox import SandboxPool
 from datamodules.tasks import MBPP, HumanEval, StdioCode, load_task
+from datamodules.tasks.base import looks_like_hub_name
 from datamodules.tasks.code_tasks import extract_code, humaneval_program, outputs_match
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -139,8 +140,9 @@ def _humaneval_forms(prompt: str, body: str) -> dict[str, str]:
         "fence language in capitals": f"```Python\n{full}\n```",
         "body, then prose": body + "\nThis solution checks all pairs.",
         "function without the prompt's imports": "def has_close_elements(numbers, threshold):\n" + body,
-        "function with a helper": "```python\ndef _gap(a, b):\n    return abs(a - b)\n\ndef has_close_elements(numbers, "
-                                  "threshold):\n    return any(_gap(a, b) < threshold for i, a in enumerate(numbers)"
+        "function with a helper": "```python\ndef _gap(a, b):\n    return abs(a - b)\n\n"
+                                  "def has_close_elements(numbers, threshold):\n"
+                                  "    return any(_gap(a, b) < threshold for i, a in enumerate(numbers)"
                                   " for j, b in enumerate(numbers) if i != j)\n```",
     }
 
@@ -287,7 +289,8 @@ CODECONTESTS = {
          "t = int(input())\nfor _ in range(t):\n    n = int(input())\n    a = list(map(int, input().split()))\n"
          "    print(a.count(1))\n"),
     141: ("squares and cubes up to n (138 tests)",
-          "from math import isqrt\n\ndef iroot(n, k):\n    r = round(n ** (1 / k))\n    while r ** k > n:\n        r -= 1\n"
+          "from math import isqrt\n\ndef iroot(n, k):\n    r = round(n ** (1 / k))\n"
+          "    while r ** k > n:\n        r -= 1\n"
           "    while (r + 1) ** k <= n:\n        r += 1\n    return r\n\nfor _ in range(int(input())):\n"
           "    n = int(input())\n    print(isqrt(n) + iroot(n, 3) - iroot(n, 6))\n",
           "for _ in range(int(input())):\n    n = int(input())\n    print(int(n ** 0.5) + int(n ** (1 / 3)))\n"),
@@ -321,8 +324,8 @@ def test_stdio_crashes_timeouts_and_floods_are_errors(codecontests):
     task.__dict__.update(codecontests.__dict__)
     task.limits = SandboxLimits(timeout_s=1.0, startup_s=5.0)
     record = next(r for r in codecontests.records if r.id == "test/29")
-    crash, hang, flood = task.verify_batch([record] * 3, ["raise ValueError('bad input')",
-                                                          "while True:\n    pass", "while True:\n    print('x' * 1000)"])
+    programs = ["raise ValueError('bad input')", "while True:\n    pass", "while True:\n    print('x' * 1000)"]
+    crash, hang, flood = task.verify_batch([record] * 3, programs)
     assert crash.reward == 0.0 and "ValueError: bad input" in crash.error
     assert hang.reward == 0.0 and hang.error == "timeout"
     assert flood.reward == 0.0 and flood.error == "output_limit"
@@ -421,15 +424,22 @@ def test_bad_rows_name_the_file_and_line(tmp_path, name, row, message):
     assert f"{path}:3" in str(info.value)
 
 
-def test_bad_json_and_missing_files_are_data_errors(tmp_path, monkeypatch):
+def test_bad_json_and_missing_files_are_data_errors(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"task_id": "X/0"\n')
     with pytest.raises(DataError, match=rf"{path}:1: not valid JSON"):
         load_task("humaneval", str(path))
     with pytest.raises(DataError, match="no such file"):
-        load_task("mbpp", str(tmp_path / "nowhere" / "mbpp.jsonl"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub name: tried through `datasets`, which is offline here
-    with pytest.raises(DataError, match="no-such-owner/no-such-dataset.*Hugging Face"):
-        load_task("stdio", "no-such-owner/no-such-dataset")
+        load_task("mbpp", str(tmp_path / "nowhere" / "mbpp.jsonl"))  # a path, never tried as a hub name
     with pytest.raises(ValueError, match="unknown task"):
         load_task("gsm9k", str(path))
+    assert looks_like_hub_name("openai/openai_humaneval") and looks_like_hub_name("mbpp")
+    assert not any(looks_like_hub_name(p) for p in ("../shared/data/x", "data/mbpp.jsonl", "/abs/path", str(path)))
+
+
+@pytest.mark.slow  # importing `datasets` takes 5-20 s
+def test_a_hub_name_is_tried_through_datasets(monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: the hub load fails, with a clear message
+    with pytest.raises(DataError, match="no-such-owner/no-such-dataset.*Hugging Face"):
+        load_task("stdio", "no-such-owner/no-such-dataset")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 
 import pytest
@@ -324,6 +325,19 @@ def test_workers_are_lean_contained_and_keep_their_protocol_clean():
         assert pool.map(math.sqrt, [(16.0,)], timeout_s=60)[0].value == 4.0
         # and it still answers real jobs
         assert pool.map(check_equivalence, [("1", "1")], timeout_s=60)[0].value is True
+
+
+def test_workers_started_from_a_short_lived_thread_outlive_it():
+    """Workers die with the trainer (PR_SET_PDEATHSIG), which the kernel ties to the thread that started them: a pool
+    first used from a thread that then ends must keep its workers."""
+    with VerifierPool(workers=1, warm=False) as pool:
+        thread = threading.Thread(target=pool.map, args=(math.sqrt, [(4.0,)]), kwargs={"timeout_s": 60})
+        thread.start()
+        thread.join()
+        worker = pool._workers[0].proc
+        time.sleep(0.5)
+        assert worker.poll() is None, f"the worker died with the thread that started it (status {worker.poll()})"
+        assert pool.map(math.sqrt, [(9.0,)], timeout_s=60)[0].value == 3.0 and pool._workers[0].proc is worker
 
 
 def test_task_verdicts_for_hang_and_exception(tmp_path):

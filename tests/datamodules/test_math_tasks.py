@@ -71,7 +71,8 @@ def test_wrong_answers_score_zero():
 def test_equivalent_answers_vote_together():
     task = load_task("math", data_file("math", "math500.jsonl"), limit=3)
     record = next(r for r in task.records if r.reference == "\\frac{14}{3}")
-    forms = ["\\boxed{\\frac{14}{3}}", "so it is $\\boxed{\\dfrac{14}{3}}$.", "\\boxed{14/3}", "The answer is $4\\frac23$."]
+    forms = ["\\boxed{\\frac{14}{3}}", "so it is $\\boxed{\\dfrac{14}{3}}$.", "\\boxed{14/3}",
+             "The answer is $4\\frac23$."]
     verdicts = task.verify_batch([record] * 4 + [record], forms + ["\\boxed{4.67}"])
     assert [v.reward for v in verdicts] == [1.0, 1.0, 1.0, 1.0, 0.0]
     assert len({v.answer for v in verdicts[:4]}) == 1 and verdicts[4].answer != verdicts[0].answer

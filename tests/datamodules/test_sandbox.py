@@ -1,5 +1,6 @@
-"""Hostile programs against the code sandbox. Each must be contained: no wrong verdict, the test process alive, the
-machine responsive, nothing left behind on the host, done within its limit plus a small margin."""
+"""Hostile programs against the code sandbox: resource abuse and attacks on the trainer and the host. Each must be
+contained: the test process (and a canary) alive, the machine responsive, nothing left behind on the host, done within
+its limit plus a small margin. Attacks on the verdict are in test_sandbox_verdicts.py."""
 
 from __future__ import annotations
 
@@ -10,83 +11,37 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from datamodules import sandbox
-from datamodules.sandbox import SandboxLimits, SandboxPool, isolation_level, run_cases, run_program, run_tests
+from datamodules.sandbox import SandboxPool, isolation_level, run_cases, run_program, run_tests
 
-LIM = SandboxLimits(timeout_s=2.0, startup_s=3.0, memory_mb=512)
-MARGIN = 3.0  # seconds on top of a run's own limit, for a loaded 2-core machine
-TMP = tempfile.gettempdir()
-
-GOOD_F = "def f(x):\n    return x + 1\n"
-F_UNITS = ["assert f(1) == 2", "assert f(10) == 11", "assert f(-1) == 0"]
-BAD_F = "def f(x):\n    return x\n"
-
-
-def dedent(s: str) -> str:
-    return textwrap.dedent(s).lstrip("\n")
-
-
-def _sandbox_leftovers() -> set[str]:
-    return {n for n in os.listdir(TMP) if n.startswith("inferl-sbx-")}
-
-
-def _sandbox_processes() -> list[int]:
-    """Processes running as one of this test process's sandbox uids."""
-    lo = sandbox._slot_uid(0)
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-        except (OSError, StopIteration, ValueError):
-            continue
-        if lo <= uid < lo + 1000:
-            found.append(int(pid))
-    return found
-
-
-class Contained:
-    """Context: timing, host leftovers, responsiveness and stray processes, checked on exit."""
-
-    def __init__(self, limit_s: float) -> None:
-        self.limit_s = limit_s
-
-    def __enter__(self) -> "Contained":
-        self.before = _sandbox_leftovers()
-        self.t0 = time.monotonic()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if exc[0] is not None:
-            return
-        elapsed = time.monotonic() - self.t0
-        assert elapsed <= self.limit_s + MARGIN, f"took {elapsed:.1f} s, limit {self.limit_s} s"
-        t = time.monotonic()
-        subprocess.run(["true"], check=True, timeout=10)
-        assert time.monotonic() - t < 5.0, "machine unresponsive after the run"
-        assert _sandbox_leftovers() <= self.before, "a sandbox working directory was left behind"
-        deadline = time.monotonic() + 3.0
-        while _sandbox_processes() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _sandbox_processes(), "sandboxed processes survived the run"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sandbox_testing import (  # noqa: E402
+    ALWAYS_EQUAL,
+    BAD_F,
+    EXITS,
+    F_UNITS,
+    GOOD_F,
+    LIM,
+    MEM_LIM,
+    TMP,
+    Contained,
+    dedent,
+    sandbox_leftovers,
+    sandbox_processes,
+    script_limit,
+    slot_uid_base,
+)
 
 
 @pytest.fixture(scope="module")
 def iso():
     return isolation_level()
-
-
-def script_limit() -> float:
-    return LIM.startup_s + LIM.timeout_s
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -121,6 +76,7 @@ def test_isolation_level_is_logged_and_degrades_loudly(iso, monkeypatch, caplog)
         assert warning.levelno == logging.WARNING
         text = warning.getMessage()
         assert "rlimits-only" in text and "network isolation" in text and "Operation not permitted" in text
+        assert "bwrap=" in text and "unshare=" in text  # which tools the host has, for the diagnosis
     finally:
         monkeypatch.undo()
         assert isolation_level(refresh=True).level == iso.level
@@ -220,8 +176,8 @@ def test_fork_bomb_is_contained(iso, src):
                                  "x = []\nwhile True:\n    x.append(bytearray(10 ** 7))\n",
                                  "x = ' ' * (10 * 1024 ** 3)\nprint('allocated')\n"])
 def test_memory_bomb_fails_cleanly(src):
-    with Contained(script_limit()):
-        r = run_program(src, "", LIM)
+    with Contained(MEM_LIM.startup_s + MEM_LIM.timeout_s):  # the memory limit binds, not the clock
+        r = run_program(src, "", MEM_LIM)
         assert r.status in ("error", "killed") and "allocated" not in r.stdout
         assert "MemoryError" in r.stderr or r.status == "killed"
 
@@ -230,8 +186,8 @@ def test_memory_bomb_fails_cleanly(src):
 @pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
 def test_memory_bomb_in_tests_mode_fails_cleanly(isolate):
     src = "def f(x):\n    big = bytearray(10 * 1024 ** 3)\n    return x + 1\n"
-    with Contained(script_limit()):
-        r = run_tests(src, F_UNITS, entry=["f"], isolate_calls=isolate, limits=LIM)
+    with Contained(MEM_LIM.startup_s + MEM_LIM.timeout_s):
+        r = run_tests(src, F_UNITS, entry=["f"], isolate_calls=isolate, limits=MEM_LIM)
     assert not r.passed and "MemoryError" in (r.error or ""), r
 
 
@@ -308,6 +264,31 @@ def test_killing_parents_costs_only_its_own_run(iso):
     finally:
         canary.kill()
         canary.wait()
+
+
+@pytest.mark.timeout(90)
+def test_a_program_dies_with_a_trainer_killed_mid_run(iso):
+    """The wall-clock limit is the trainer's to enforce and a sleep uses no CPU: if the trainer is SIGKILLed while a
+    program runs, the program must go too (PR_SET_PDEATHSIG down the chain), not sleep on forever."""
+    if not iso.uid_drop:
+        pytest.skip(f"at isolation level {iso.level} the program's processes cannot be told apart from ours")
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; from datamodules.sandbox import run_program, SandboxLimits\n"
+         "print(os.getpid(), flush=True)\nrun_program('import time\\nprint(1, flush=True)\\ntime.sleep(600)', '', "
+         "SandboxLimits(timeout_s=300))"], stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parents[2]))
+    try:
+        lo = slot_uid_base(int(trainer.stdout.readline()))
+        deadline = time.monotonic() + 30
+        while not sandbox_processes(lo) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sandbox_processes(lo), "the sleeping program never started"
+    finally:
+        trainer.kill()
+        trainer.wait()
+    deadline = time.monotonic() + 10
+    while sandbox_processes(lo) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sandbox_processes(lo), "the program outlived its trainer"
 
 
 @pytest.mark.timeout(60)
@@ -399,127 +380,6 @@ def test_no_network(iso):
         srv.close()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Attacks on the verdict
-# ----------------------------------------------------------------------------------------------------------------------
-
-EXITS = [
-    "import sys\nsys.exit(0)\n",
-    "import os\nos._exit(0)\n",
-    "raise SystemExit(0)\n",
-    "def f(x):\n    import sys\n    sys.exit(0)\n",
-    "def f(x):\n    import os\n    os._exit(0)\n",
-    "def f(x):\n    raise SystemExit\n",
-    "def f(x):\n    raise KeyboardInterrupt\n",
-    "import atexit, os\natexit.register(lambda: os._exit(0))\ndef f(x):\n    raise ValueError\n",
-]
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
-@pytest.mark.parametrize("src", EXITS)
-def test_exiting_before_the_tests_fails(src, isolate):
-    with Contained(script_limit()):
-        r = run_tests(src + ("" if "def f" in src else BAD_F), F_UNITS, entry=["f"], isolate_calls=isolate,
-                      limits=LIM)
-    assert not r.passed
-
-
-ALWAYS_EQUAL = [
-    # the classic: an object equal to everything
-    "class A:\n    def __eq__(self, o):\n        return True\n    __ne__ = lambda s, o: False\n"
-    "    __hash__ = object.__hash__\ndef f(x):\n    return A()\n",
-    # a subclass of int that claims equality
-    "class I(int):\n    def __eq__(self, o):\n        return True\n    __hash__ = int.__hash__\ndef f(x):\n    return I(0)\n",
-    # arithmetic that always lands within tolerance, for `abs(f(x) - y) < eps` tests
-    "class Z:\n    def __sub__(self, o):\n        return 0\n    __rsub__ = __sub__\n    def __eq__(self, o):\n"
-    "        return True\n    __hash__ = object.__hash__\ndef f(x):\n    return Z()\n",
-    # a str subclass for string tests
-    "class S(str):\n    def __eq__(self, o):\n        return True\n    __hash__ = str.__hash__\ndef f(x):\n    return S('')\n",
-]
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
-@pytest.mark.parametrize("src", ALWAYS_EQUAL)
-def test_always_equal_objects_fail(src, isolate):
-    units = F_UNITS + ["assert abs(f(2) - 3) < 1e-9", "assert f(3) in [4]", "assert not (f(5) != 6)"]
-    r = run_tests(src, units, entry=["f"], isolate_calls=isolate, limits=LIM)
-    assert not r.passed, r
-
-
-PATCHERS = [
-    "import builtins\nbuiltins.print = lambda *a, **k: None\n",
-    "import sys\nsys.stdout.write = lambda *a: 0\nsys.stderr.write = lambda *a: 0\n",
-    "import builtins\nbuiltins.AssertionError = type('E', (BaseException,), {})\n",
-    "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.len = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n",
-    "import math\nmath.isclose = lambda *a, **k: True\n",
-    "import operator\noperator.eq = lambda a, b: True\n",
-    "abs = lambda x: 0\nisclose = lambda *a, **k: True\n",
-    "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n",
-    "import os\nos.write = lambda fd, b: len(b)\nos._exit = lambda c: None\n",
-]
-
-
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
-@pytest.mark.parametrize("patch", PATCHERS)
-def test_patched_builtins_do_not_change_the_verdict(patch, isolate):
-    units = F_UNITS + ["import math\nassert math.isclose(f(0.5), 1.5)", "assert abs(f(2) - 3) < 1e-9"]
-    bad = run_tests(patch + BAD_F, units, entry=["f"], isolate_calls=isolate, limits=LIM)
-    assert not bad.passed, bad
-    good = run_tests(patch + GOOD_F, units, entry=["f"], isolate_calls=isolate, limits=LIM)
-    assert good.passed, good  # ... and a correct solution still passes
-
-
-FORGERS = [
-    # guessed markers on stdout/stderr
-    "print('PASSED')\nprint('All tests passed')\nprint('END 3 1')\nimport sys\nsys.stderr.write('END 3 1\\n')\n",
-    # guessed records on every file descriptor, then a clean exit
-    "import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'END 3 1\\nU 0 1\\nP 0\\n')\n"
-    "    except OSError:\n        pass\nos._exit(0)\n",
-    # read every inherited fd looking for the nonce, replay what is found, exit
-    "import os, re\nfound = b''\nfor fd in range(3, 256):\n    try:\n        os.set_blocking(fd, False)\n"
-    "        found += os.read(fd, 65536)\n    except OSError:\n        pass\n"
-    "for tok in set(re.findall(rb'[0-9a-f]{32}', found)):\n    for fd in range(1, 256):\n        try:\n"
-    "            os.write(fd, tok + b' END 3 1\\n')\n        except OSError:\n            pass\nos._exit(0)\n",
-    # introspection: frames, gc, signal-handler frames, /proc/self/mem
-    "import sys, os\ntry:\n    f = sys._getframe()\n    while f:\n        for v in list(f.f_locals.values()):\n"
-    "            if isinstance(v, str) and len(v) == 32:\n                os.write(3, (v + ' END 3 1\\n').encode())\n"
-    "        f = f.f_back\nexcept Exception:\n    pass\nos._exit(0)\n",
-    "import gc, os, re\ntry:\n    for o in gc.get_objects():\n        for s in (o.values() if isinstance(o, dict) else o if"
-    " isinstance(o, (list, tuple)) else []):\n            if isinstance(s, str) and re.fullmatch('[0-9a-f]{32}', s):\n"
-    "                for fd in range(3, 64):\n                    try:\n                        os.write(fd, (s + ' END 3 1\\n')"
-    ".encode())\n                    except OSError:\n                        pass\nexcept Exception:\n    pass\nos._exit(0)\n",
-    "import signal, os\ndef h(s, frame):\n    while frame:\n        frame = frame.f_back\nsignal.signal(signal.SIGUSR1, h)\n"
-    "os.kill(os.getpid(), signal.SIGUSR1)\nos._exit(0)\n",
-    "import os\ntry:\n    open('/proc/self/mem', 'rb')\n    print('OPENED')\nexcept Exception:\n    pass\nos._exit(0)\n",
-]
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
-@pytest.mark.parametrize("src", FORGERS)
-def test_forged_pass_markers_fail(src, isolate):
-    with Contained(script_limit()):
-        r = run_tests(src + BAD_F, F_UNITS, entry=["f"], isolate_calls=isolate, limits=LIM)
-    assert not r.passed, r
-    assert "OPENED" not in r.stdout
-
-
-@pytest.mark.timeout(60)
-def test_tests_and_expected_values_are_not_in_the_candidate_process():
-    """Isolated calls: the candidate's process is forked before the tests are read, so it cannot look them up."""
-    src = dedent("""
-        import gc
-        def f(x):
-            hits = [o for o in gc.get_objects() if isinstance(o, str) and 'assert f(' in o]
-            return len(hits)
-    """)
-    r = run_tests(src, ["assert f(1) == 0"], entry=["f"], limits=LIM)
-    assert r.passed, r
-
-
 @pytest.mark.timeout(60)
 def test_pool_map_keeps_order_and_runs_in_parallel():
     """Each job waits at a barrier for all four: the map only completes if four programs run at once."""
@@ -550,8 +410,8 @@ def test_degraded_level_still_contains_basic_abuse(monkeypatch):
         assert run_program("while True:\n    pass\n", "", LIM).status == "timeout"
     with Contained(script_limit()):
         assert run_program("while True:\n    print('x' * 1000)\n", "", LIM).status == "output_limit"
-    before = _sandbox_leftovers()
+    before = sandbox_leftovers()
     for src in EXITS[:3] + ALWAYS_EQUAL[:1]:
         assert not run_tests(src + ("" if "def f" in src else BAD_F), F_UNITS, entry=["f"], limits=LIM).passed
     assert run_tests(GOOD_F, F_UNITS, entry=["f"], limits=LIM).passed
-    assert _sandbox_leftovers() <= before  # its temporary working directories are removed
+    assert sandbox_leftovers() <= before  # its temporary working directories are removed
