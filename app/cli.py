@@ -28,6 +28,19 @@ class ConciseArgumentParser(LightningArgumentParser):
 class InferlCLI(LightningCLI):
     """LightningCLI with a checkpoint section that keeps `last.ckpt` (so `--ckpt_path last` resumes)."""
 
+    #: evaluation settings a validate/test/predict run takes from its own config, not from the checkpoint
+    EVAL_KEYS = ("val_samples", "val_sampling", "eval_ks", "pass_k")
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning overwrites the model's arguments with the checkpoint's hyperparameters: right when resuming fit,
+        # wrong for evaluating a checkpoint with other sampling settings (e.g. `inferl test --model.val_samples 32`)
+        subcommand = self.config.get("subcommand")
+        keep = {} if subcommand in (None, "fit") else {
+            key: self.config[subcommand]["model"].get(key) for key in self.EVAL_KEYS}
+        super()._parse_ckpt_path()
+        for key, value in keep.items():
+            self.config[subcommand]["model"][key] = value
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 50,

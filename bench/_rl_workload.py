@@ -26,12 +26,13 @@ def gold_answer(row: dict) -> str:
 
 
 def reward(completion: str, gold: str) -> float:
-    """1.0 if the completion contains the gold number; 0.1 if it contains some other number (a shaping term so that
-    groups of an untrained model still have reward differences, hence non-zero advantages); else 0.0."""
+    """1.0 if the completion contains the gold number; 0.1 if its first number ends in the gold's last digit (a
+    shaping term, so that the groups of an untrained model still differ in reward and the update has non-zero
+    advantages, as in real training); else 0.0."""
     numbers = [n.replace(",", "") for n in _NUMBER.findall(completion)]
     if gold in numbers:
         return 1.0
-    return 0.1 if numbers else 0.0
+    return 0.1 if numbers and numbers[0][-1:] == gold[-1:] else 0.0
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 32000):

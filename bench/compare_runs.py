@@ -1,6 +1,7 @@
 """Plot pass@k / maj@k / bon@k against k for several runs side by side (one panel per estimate), and print a table.
 
     python bench/compare_runs.py LABEL=PATH [LABEL=PATH ...] --png docs/compare.png [--step last|first|N]
+        [--title T] [--colors C0 C0 C1 C1] [--linestyles dashed solid]
 
 PATH is a report folder of callbacks.EvalReport (its metrics.json) or a TensorBoard run folder (runs/NAME/version_N:
 the val/pass@{k}, val/maj@{k}, val/bon@{k} scalars, or test/..., at --step: the last logged step by default,
@@ -14,6 +15,7 @@ import glob
 import json
 import os
 import re
+import sys
 
 from callbacks.eval_report import FAMILIES, curves, plot_curves
 
@@ -41,12 +43,15 @@ def read_tensorboard(path: str, step: str) -> tuple[Series, str]:
             if re.fullmatch(r"(val|test)/(pass|maj|bon)@\d+", tag):
                 points.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
     if not points:
-        raise SystemExit(f"{path}: no val/pass@<k> scalars (runs logged before eval_ks existed have only pass@1 / pass@k)")
+        raise SystemExit(f"{path}: no val/pass@<k> scalars (runs logged before eval_ks existed have only "
+                         "pass@1 / pass@k)")
     steps = sorted({s for by_step in points.values() for s in by_step})
     chosen = steps[-1] if step == "last" else steps[0] if step == "first" else int(step)
     if chosen not in steps:
         raise SystemExit(f"{path}: no estimates at step {chosen}; logged steps: {steps}")
     series = curves({tag: by_step[chosen] for tag, by_step in points.items() if chosen in by_step})
+    if len(series.get("pass", {})) < 2:
+        print(f"{path}: only pass@1 at step {chosen} (a run logged before eval_ks existed?): one point", file=sys.stderr)
     return series, f"TensorBoard, step {chosen}"
 
 
@@ -56,18 +61,21 @@ def read_run(path: str, step: str) -> tuple[Series, str]:
     return read_tensorboard(path, step)
 
 
-def plot(runs: dict[str, Series], png: str, title: str | None) -> None:
+def plot(runs: dict[str, Series], png: str, title: str | None, colors: list[str] | None = None,
+         linestyles: list[str] | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     families = [f for f in FAMILIES if any(f in series for series in runs.values())]
     figure, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 3.8), squeeze=False, sharey=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = colors or plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    linestyles = linestyles or ["-"]
     for ax, family in zip(axes[0], families):
         for i, (label, series) in enumerate(runs.items()):
             if family in series:
-                plot_curves(ax, {family: series[family]}, color=colors[i % len(colors)])
+                plot_curves(ax, {family: series[family]}, color=colors[i % len(colors)],
+                            linestyle=linestyles[i % len(linestyles)])
                 ax.lines[-1].set_label(label)
         ax.set_title(f"{family}@k")
         ax.legend(fontsize=8)
@@ -93,20 +101,28 @@ def print_table(runs: dict[str, Series], sources: dict[str, str]) -> None:
     print("\n" + "; ".join(f"{label}: {source}" for label, source in sources.items()))
 
 
+def default_label(path: str) -> str:
+    """The folder's name; for a TensorBoard runs/NAME/version_N folder, NAME/version_N."""
+    parts = os.path.normpath(path).split(os.sep)
+    return "/".join(parts[-2:]) if re.fullmatch(r"version_\d+", parts[-1]) and len(parts) > 1 else parts[-1]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="LABEL=PATH or PATH (a report folder or a TensorBoard run folder)")
     parser.add_argument("--png", required=True, help="where to write the plot")
     parser.add_argument("--step", default="last", help="TensorBoard runs: 'last' (default), 'first' or a step number")
     parser.add_argument("--title", help="a title over the panels")
+    parser.add_argument("--colors", nargs="+", help="matplotlib colors, one per run (cycled), e.g. C0 C0 C1 C1")
+    parser.add_argument("--linestyles", nargs="+", help="line styles, one per run (cycled), e.g. dashed solid")
     args = parser.parse_args(argv)
     runs: dict[str, Series] = {}
     sources: dict[str, str] = {}
     for spec in args.runs:
         label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        label = label or os.path.basename(os.path.normpath(path))
+        label = label or default_label(path)
         runs[label], sources[label] = read_run(path, args.step)
-    plot(runs, args.png, args.title)
+    plot(runs, args.png, args.title, args.colors, args.linestyles)
     print_table(runs, sources)
     print(f"wrote {args.png}")
 

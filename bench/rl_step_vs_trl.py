@@ -1,7 +1,7 @@
 """One RL step, inferl vs TRL's GRPOTrainer, side by side: same model files, same prompts, same sampling, same
 reward, one update on the same batch, KL off. Prints seconds per step, the breakdown and the ratio.
 
-    python bench/rl_step_vs_trl.py [--prompts 4] [--group 8] [--max-new-tokens 64] [--steps 6] [--warmup 1]
+    python bench/rl_step_vs_trl.py [--prompts 4] [--group 8] [--max-new-tokens 64] [--steps 4] [--warmup 1]
                                    [--threads 2] [--hidden 256] [--layers 6]
 
 Workload (bench/_rl_workload.py): a byte-level BPE tokenizer with a 32,000-token vocabulary trained here on GSM8K
@@ -9,8 +9,8 @@ and MATH text, a Llama config (hidden 256, 6 layers, untied embeddings: ~23M par
 save_pretrained; both systems load those same files. Prompts: GSM8K training questions rendered with the chat
 template into text, given to both systems as the same raw prompt (the script checks that both tokenize them to
 the same ids); step i uses questions i*B .. i*B+B-1 in both. Sampling: temperature 1, no top-k/top-p, at most
-`--max-new-tokens` new tokens. Reward: 1.0 when the completion contains the gold number, 0.1 when it contains
-another number, else 0. Update: one optimizer step (AdamW, lr 1e-6, grad-norm clip 1.0) on all B x G samples,
+`--max-new-tokens` new tokens. Reward: 1.0 when the completion contains the gold number, 0.1 when its first number
+ends in the gold's last digit (so that an untrained model's groups have non-zero advantages), else 0. Update: one optimizer step (AdamW, lr 1e-6, grad-norm clip 1.0) on all B x G samples,
 clipped ratio (0.2), token-mean loss, group-normalised advantages, no reference model (beta 0).
 
 TRL runs as its docs set it up for this: GRPOConfig(per_device_train_batch_size=B*G, num_generations=G,
@@ -55,6 +55,12 @@ def set_threads(threads: int) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 
 def ids_digest(prompt_ids: list[list[int]]) -> str:
@@ -100,9 +106,11 @@ def trl_worker(conn, folder: dict, settings: dict) -> None:
         def on_step_end(self, args, state, control, **kwargs):
             total = time.perf_counter() - self.start
             scored = parts.get("scored", 0.0)
+            metrics = trainer._metrics["train"]
             conn.send({"step": total, "rollout": parts.get("rollout", 0.0), "verify": parts.get("verify", 0.0),
                        "update": total - scored, "other": scored - parts.get("rollout", 0.0) - parts.get("verify", 0.0),
-                       "tokens": parts.get("tokens", 0), "prompts": seen.get("digest")})
+                       "tokens": parts.get("tokens", 0), "prompts": seen.get("digest"),
+                       "reward": metrics["reward"][-1], "zero_std": metrics["frac_reward_zero_std"][-1]})
 
     trainer = GRPOTrainer(model=folder["model"], reward_funcs=gold_reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[Turns()])
@@ -182,9 +190,11 @@ def inferl_worker(conn, folder: dict, settings: dict) -> None:
             total = time.perf_counter() - self.start
             t = pl_module.timings
             rollout_s, verify_s, update_s = t["time/rollout_s"], t["time/verify_s"], t["time/update_s"]
+            metrics = trainer.callback_metrics
             conn.send({"step": total, "rollout": rollout_s, "verify": verify_s, "update": update_s,
                        "other": total - rollout_s - verify_s - update_s, "tokens": seen["tokens"],
-                       "prompts": seen["digest"]})
+                       "prompts": seen["digest"], "reward": float(metrics["train/reward_mean"]),
+                       "zero_std": float(metrics["train/adv_zero_frac"])})
 
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -200,6 +210,8 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     out = {k: statistics.median(r[k] for r in rows) for k in keys}
     out["tok_s"] = statistics.median(r["tokens"] / max(r["rollout"], 1e-9) for r in rows)
     out["tokens"] = statistics.median(r["tokens"] for r in rows)
+    out["reward"] = statistics.mean(r["reward"] for r in rows)
+    out["zero_std"] = statistics.mean(r["zero_std"] for r in rows)
     return out
 
 
@@ -208,7 +220,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="B, prompts per step")
     parser.add_argument("--group", type=int, default=8, help="G, samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per system")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per system")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per system first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per system (they never run at once)")
     parser.add_argument("--hidden", type=int, default=256)
@@ -264,16 +276,17 @@ def main() -> None:
     pair_ratios = [t["step"] / i["step"] for t, i in zip(timed["trl"], timed["inferl"])]
     print()
     print(f"seconds per RL step, median of {args.steps} interleaved steps (after {args.warmup} warm-up)")
-    print("| system | step s | rollout s | verify s | update s | other s | decode tokens/s | tokens/step |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| system | step s | rollout s | verify s | update s | other s | decode tokens/s | tokens/step | "
+          "mean reward | groups without signal |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, label in (("trl", "TRL GRPOTrainer"), ("inferl", "inferl")):
         s = summary[name]
         print(f"| {label} | {s['step']:.2f} | {s['rollout']:.2f} | {s['verify']:.3f} | {s['update']:.2f} | "
-              f"{s['other']:.2f} | {s['tok_s']:.0f} | {s['tokens']:.0f} |")
+              f"{s['other']:.2f} | {s['tok_s']:.0f} | {s['tokens']:.0f} | {s['reward']:.3f} | {s['zero_std']:.2f} |")
     t, i = summary["trl"], summary["inferl"]
     print(f"| TRL / inferl | {t['step'] / i['step']:.2f}x | {t['rollout'] / i['rollout']:.2f}x | "
           f"{t['verify'] / max(i['verify'], 1e-9):.2f}x | {t['update'] / i['update']:.2f}x | | "
-          f"{i['tok_s'] / t['tok_s']:.2f}x | |")
+          f"{i['tok_s'] / t['tok_s']:.2f}x | | | |")
     print(f"per-pair step ratios (TRL / inferl): {', '.join(f'{r:.2f}' for r in pair_ratios)}; "
           f"median {statistics.median(pair_ratios):.2f}, min {min(pair_ratios):.2f}")
 

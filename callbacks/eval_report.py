@@ -5,8 +5,9 @@ rich table on the console.
     dirpath/
       samples.jsonl      one line per sample: prompt_id, sample, n, prompt, completion, reward, answer, score,
                          tokens, finished, error (samples.rank{R}.jsonl per process when several run)
-      metrics.json       stage, step (the checkpoint's training step), n, ks, checkpoint, sampling, prompts, metrics {test/pass@1, ...}, curves
-                         {pass: {k: value}, maj: ..., bon: ...}, solve_rate_histogram {edges, counts, never, always}
+      metrics.json       stage, step (the checkpoint's training step), n, ks, checkpoint, sampling, prompts,
+                         resumed_prompts, metrics {test/pass@1, ...}, curves {pass: {k: value}, maj: ..., bon: ...},
+                         solve_rate_histogram {edges, counts, never, always}
       curves.png         pass@k, maj@k, bon@k against k (log2 axis), and the per-prompt solve-rate histogram
 """
 

@@ -61,7 +61,8 @@ class TensorBoardExtras(L.Callback):
         if writer is not None:
             writer.add_custom_scalars(layout())
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         step = trainer.global_step - 1  # the step that just ran
         rollout = getattr(pl_module, "last_rollout", None)
         writer = tensorboard(trainer)

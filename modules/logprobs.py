@@ -1,11 +1,12 @@
 """Log-probabilities of chosen tokens without ever materialising float32 logits of shape [N, T, V].
 
-The backbone runs over each distinct prompt once (rows of a group share their prompt: its keys/values are
-computed once and repeated, gradients flowing back through the repeat) and then over the completions; the LM
-head and log-softmax then run over the completion tokens in chunks of `chunk_tokens`. With several chunks each
-runs under activation checkpointing, so the peak extra memory is one chunk's [chunk_tokens, V] logits in forward
-and in backward; a single chunk is kept for backward instead of being recomputed (the same peak, one LM-head
-pass less).
+The backbone runs over each distinct prompt once (the rows of a group share their prompt: its keys/values are
+computed once and indexed out to the rows, gradients flowing back through the indexing) and then over the completions; the LM
+head and log-softmax then run over the completion tokens in chunks of `chunk_tokens`, each as one autograd
+function (`HeadLogprobs`) that makes a single [chunk_tokens, V] float32 buffer of probabilities and derives the
+chosen log-prob, the entropy and, in backward, the logits' gradient from it. With several chunks the buffer is
+recomputed in backward, so the peak extra memory is one chunk's [chunk_tokens, V] logits in forward and in
+backward; a single chunk keeps its buffer for backward instead (the same peak, one LM-head pass less).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 def _chunk_logprobs(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None,
                     softcap: float | None) -> tuple[Tensor, Tensor]:
-    """hidden [M, H], targets [M] -> (log-prob of target [M], entropy [M]) in float32."""
+    """hidden [M, H], targets [M] -> (log-prob of target [M], entropy [M]) in float32, with plain autograd ops
+    (the path of models with a logit soft-cap)."""
     logits = torch.nn.functional.linear(hidden, weight, bias).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -27,6 +29,62 @@ def _chunk_logprobs(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tenso
         probs = (logits - normaliser[:, None]).exp()
         entropy = normaliser - (probs * logits).sum(-1)
     return chosen, entropy
+
+
+@torch.no_grad()
+def _head_probs(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, normalise: bool = True
+                ) -> tuple[Tensor, Tensor, Tensor, torch.dtype]:
+    """Softmax probabilities [M, V] (float32; unnormalised when not `normalise`) of the LM head, the chosen tokens'
+    log-probs [M] and the entropy [M], with one exp pass over the logits; and the dtype the projection ran in
+    (autocast's, or the weight's). No autograd graph: HeadLogprobs supplies the gradient."""
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    compute_dtype = logits.dtype
+    shifted = logits.float()
+    shifted = shifted.sub_(shifted.amax(-1, keepdim=True))  # z = logits - max, in place on a fresh tensor
+    probs = shifted.exp()
+    total = probs.sum(-1, keepdim=True)
+    log_total = total.log().squeeze(-1)
+    chosen = shifted.gather(-1, targets[:, None]).squeeze(-1) - log_total
+    # entropy = log s - sum(e z) / s, with e = exp(z), s = sum(e); the row dot products as a batched GEMV
+    weighted = torch.bmm(probs.unsqueeze(1), shifted.unsqueeze(2)).view(-1)
+    entropy = log_total - weighted / total.squeeze(-1)
+    return (probs.div_(total) if normalise else probs), chosen, entropy, compute_dtype
+
+
+class HeadLogprobs(torch.autograd.Function):
+    """log p(target) [M] and entropy [M] (not differentiable) of softmax(hidden @ weight.T + bias), float32.
+
+    The gradient of the log-prob with respect to the logits is onehot(target) - p, so backward only needs the
+    probabilities p: kept from forward when `keep` (one chunk), recomputed from hidden and weight otherwise.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, keep: bool):
+        probs, chosen, entropy, compute_dtype = _head_probs(hidden, weight, bias, targets)
+        ctx.compute_dtype = compute_dtype
+        ctx.keep = keep
+        ctx.save_for_backward(hidden, weight, bias, targets, probs if keep else None)
+        ctx.mark_non_differentiable(entropy)
+        return chosen, entropy
+
+    @staticmethod
+    def backward(ctx, grad_chosen: Tensor, grad_entropy: Tensor):
+        hidden, weight, bias, targets, probs = ctx.saved_tensors
+        if probs is None:
+            probs = _head_probs(hidden, weight, bias, targets)[0]
+        grad_chosen = grad_chosen.float()
+        grad_logits = probs * grad_chosen.neg()[:, None]  # a new tensor: the saved one stays valid
+        grad_logits[torch.arange(targets.shape[0], device=targets.device), targets] += grad_chosen
+        dtype = ctx.compute_dtype
+        grad_logits_c = grad_logits.to(dtype)
+        grad_hidden = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = (grad_logits_c @ weight.to(dtype)).to(hidden.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad_logits_c.t() @ hidden.to(dtype)).to(weight.dtype)
+        if bias is not None and ctx.needs_input_grad[2]:
+            grad_bias = grad_logits.sum(0).to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None
 
 
 def backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -39,15 +97,16 @@ def backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
 
 
 def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor] | None:
-    """Runs of consecutive rows with the same prompt: (first row of each run [U], run index of each row [N]),
-    or None when no two consecutive rows share a prompt."""
+    """Rows with the same prompt (ids and mask): (one row of each distinct prompt [U], the distinct prompt of each
+    row [N], indexing the first tensor), or None when all N prompts differ."""
     if prompt_ids.shape[0] < 2:
         return None
-    same = ((prompt_ids[1:] == prompt_ids[:-1]) & (prompt_mask[1:] == prompt_mask[:-1])).all(-1)
-    if not bool(same.any()):
+    distinct, run = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
+    if distinct.shape[0] == prompt_ids.shape[0]:
         return None
-    starts = torch.cat([same.new_ones(1), ~same])
-    return starts.nonzero().squeeze(-1), starts.long().cumsum(0) - 1
+    rows = torch.arange(prompt_ids.shape[0], device=prompt_ids.device)
+    first = torch.full((distinct.shape[0],), prompt_ids.shape[0], dtype=torch.long, device=prompt_ids.device)
+    return first.scatter_reduce_(0, run, rows, reduce="amin"), run
 
 
 def _shares_prefix(model: torch.nn.Module) -> bool:
@@ -64,8 +123,8 @@ def completion_hidden_states(model: torch.nn.Module, prompt_ids: Tensor, prompt_
                              completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
     """Final hidden states that predict each completion token: [N, L, H] (position P-1+j predicts token j).
 
-    Consecutive rows with the same prompt (a group's G samples) share one prompt pass: the prompt is run once
-    with a KV cache, the cache is repeated to the rows, and the completions run on top of it (the last completion
+    Rows with the same prompt (a group's G samples) share one prompt pass: each distinct prompt is run once with
+    a KV cache, the cache is indexed out to the rows, and the completions run on top of it (the last completion
     token predicts nothing and is not run). The same numbers as one pass over prompt + completion, up to float
     rounding; differentiable either way.
     """
@@ -105,14 +164,20 @@ def token_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tens
     selected, targets = hidden[where], completion_ids[where]
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     chosen_parts, entropy_parts = [], []
-    several = targets.shape[0] > chunk_tokens  # one chunk: keep its logits for backward rather than recompute them
+    several = targets.shape[0] > chunk_tokens  # one chunk: keep its probabilities for backward, do not recompute
+    grad = torch.is_grad_enabled() and (selected.requires_grad or head.weight.requires_grad)
     for start in range(0, targets.shape[0], chunk_tokens):
-        args = (selected[start:start + chunk_tokens], targets[start:start + chunk_tokens], head.weight,
-                head.bias, softcap)
-        if torch.is_grad_enabled() and several:
-            chosen, entropy = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+        part, part_targets = selected[start:start + chunk_tokens], targets[start:start + chunk_tokens]
+        if softcap:
+            args = (part, part_targets, head.weight, head.bias, softcap)
+            if grad and several:
+                chosen, entropy = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+            else:
+                chosen, entropy = _chunk_logprobs(*args)
+        elif grad:
+            chosen, entropy = HeadLogprobs.apply(part, head.weight, head.bias, part_targets, not several)
         else:
-            chosen, entropy = _chunk_logprobs(*args)
+            _, chosen, entropy, _ = _head_probs(part, head.weight, head.bias, part_targets, normalise=False)
         chosen_parts.append(chosen)
         entropy_parts.append(entropy)
     logprobs = hidden.new_zeros(where.shape, dtype=torch.float32)

@@ -93,7 +93,8 @@ class InferlModule(L.LightningModule):
 
     def __init__(self, policy: PolicySource, group_size: int = 8, sampling: SamplingParams | None = None,
                  val_sampling: SamplingParams | None = None, val_samples: int = 8, pass_k: int = 4,
-                 eval_ks: list[int] | None = None, optimizer: OptimizerCallable = default_optimizer, ppo_epochs: int = 1, minibatches: int = 1,
+                 eval_ks: list[int] | None = None, optimizer: OptimizerCallable = default_optimizer,
+                 ppo_epochs: int = 1, minibatches: int = 1,
                  micro_batch_size: int | None = None, clip_low: float = 0.2, clip_high: float = 0.2,
                  loss_aggregation: LossAggregation = "token-mean", kl_coef: float = 0.0,
                  kl_estimator: KLEstimator = "k3", max_grad_norm: float | None = 1.0,
@@ -117,7 +118,8 @@ class InferlModule(L.LightningModule):
         self.generator: torch.Generator | None = None
         self.timings: dict[str, float] = {}
         # validation and test metrics (states are not checkpointed); one solve-rate bin per solved count up to n = 32
-        self.val_metrics = EvalMetrics(self.eval_ks, pass_k, histogram_bins=val_samples + 1 if val_samples <= 32 else 32)
+        bins = val_samples + 1 if val_samples <= 32 else 32
+        self.val_metrics = EvalMetrics(self.eval_ks, pass_k, histogram_bins=bins)
         self._eval_skip: set[str] = set()  # prompt ids already evaluated this epoch (see restore_eval)
         self.eval_results: dict | None = None  # the latest validation / test: metrics and solve-rate histogram
         self.last_rollout: LastRollout | None = None  # read by callbacks such as callbacks.SampleTable
@@ -324,22 +326,23 @@ class InferlModule(L.LightningModule):
         callbacks), or None when every prompt of the batch was restored by restore_eval."""
         n = self.hparams.val_samples
         todo = [record for record in batch if record.id not in self._eval_skip]
-        if self.trainer.world_size > 1 and not todo:
-            # sharded generation needs every rank in each decode step: roll out (and drop) if another rank works
-            busy = self.trainer.strategy.reduce(torch.tensor(0.0, device=self.device), reduce_op="max")
-            if busy > 0:
+        if not todo:
+            # sharded generation needs every rank in each decode step: roll out (and drop) if another rank samples
+            if self.trainer.world_size > 1 and self.any_rank(False):
                 self.rollout(batch, n, self.val_sampling, generator=self.eval_generator(batch_idx))
             return None
         if self.trainer.world_size > 1:
-            self.trainer.strategy.reduce(torch.tensor(1.0, device=self.device), reduce_op="max")
-        if not todo:
-            return None
+            self.any_rank(True)
         samples, texts = self.rollout(todo, n, self.val_sampling, generator=self.eval_generator(batch_idx))
         verdicts = self.verify(todo, texts, n, stage="val")
         groups = to_groups(verdicts, samples.completion_lengths, n)
         self.val_metrics.update(groups, samples.finished)
         return LastRollout(todo, texts, verdicts, n, lengths=samples.completion_lengths.tolist(),
                            finished=samples.finished.tolist())
+
+    def any_rank(self, flag: bool) -> bool:
+        """True if `flag` is True on any process (a collective: every rank calls it)."""
+        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="max") > 0)
 
     def eval_generator(self, batch_idx: int) -> torch.Generator:
         """The sampling RNG of validation batch `batch_idx`: the same prompts get the same samples at every
@@ -364,7 +367,8 @@ class InferlModule(L.LightningModule):
             if self.logger is not None and self.global_rank == 0:
                 self.logger.log_metrics(metrics, step=self.global_step)
             return
-        self.log_dict(metrics, on_epoch=True, batch_size=1)
+        # already reduced over processes (equal everywhere): sync_dist only averages equal values
+        self.log_dict(metrics, on_epoch=True, batch_size=1, sync_dist=self.trainer.world_size > 1)
 
     test_step = validation_step
     on_test_start = on_validation_start
@@ -414,13 +418,14 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def resolve_eval_ks(eval_ks: Sequence[int] | None, pass_k: int, val_samples: int) -> list[int]:
-    """The validation ks: `eval_ks` checked against val_samples, or [1, pass_k] and the powers of 2 up to val_samples."""
+    """The validation ks: `eval_ks` checked against val_samples (with 1 and pass_k added), or [1, pass_k] and the
+    powers of 2 up to val_samples."""
     if eval_ks is None:
         return sorted({1, pass_k} | {2**i for i in range(val_samples.bit_length()) if 2**i <= val_samples})
     bad = [k for k in eval_ks if not 1 <= k <= val_samples]
     if bad or not eval_ks:
-        raise ConfigError(f"model.eval_ks must be a non-empty list of ks between 1 and model.val_samples = {val_samples} "
-                          f"(unbiased pass@k needs n >= k samples), got {list(eval_ks)}; raise model.val_samples or "
+        raise ConfigError(f"model.eval_ks must be a non-empty list of ks between 1 and model.val_samples = "
+                          f"{val_samples} (unbiased pass@k needs n >= k samples), got {list(eval_ks)}; raise model.val_samples or "
                           "drop the large ks")
     return sorted({1, pass_k, *eval_ks})
 

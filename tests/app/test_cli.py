@@ -70,6 +70,8 @@ def test_fit_resume_and_validate_from_the_command_line(tmp_path):
     resumed = inferl("fit", "--config", config, "--trainer.max_steps", "3", "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 3
-    checked = inferl("validate", "--config", config, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"))
+    checked = inferl("validate", "--config", config, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
+                     "--model.val_samples", "16", "--model.eval_ks", "[1, 16]")
     assert checked.returncode == 0, checked.stderr[-3000:]
     assert "val/pass@1" in checked.stdout
+    assert "val/pass@16" in checked.stdout  # the command line's evaluation settings win over the checkpoint's

@@ -18,7 +18,8 @@ from datamodules.tasks import Arithmetic
 from modules.groups import to_groups
 from modules.metrics import EvalMetrics
 
-_spec = importlib.util.spec_from_file_location("fit_helpers", Path(__file__).resolve().parents[1] / "modules" / "fit_helpers.py")
+_spec = importlib.util.spec_from_file_location("fit_helpers",
+                                              Path(__file__).resolve().parents[1] / "modules" / "fit_helpers.py")
 fit_helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fit_helpers)
 

@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks import TensorBoardExtras
 from callbacks.tensorboard_extras import layout
 
-_spec = importlib.util.spec_from_file_location("fit_helpers", Path(__file__).resolve().parents[1] / "modules" / "fit_helpers.py")
+_spec = importlib.util.spec_from_file_location("fit_helpers",
+                                              Path(__file__).resolve().parents[1] / "modules" / "fit_helpers.py")
 fit_helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fit_helpers)
 

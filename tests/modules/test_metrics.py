@@ -25,7 +25,8 @@ def random_groups(batch: int, n: int, seed: int, binary: bool = True) -> tuple[G
     """Random verified groups with ties in scores, unparsable answers and a few answer classes; EOS flags [B*n]."""
     g = torch.Generator().manual_seed(seed)
     def draw(*shape):
-        return (torch.rand(*shape, generator=g) < 0.4).float() if binary else torch.rand(*shape, generator=g).round(decimals=1)
+        values = torch.rand(*shape, generator=g)
+        return (values < 0.4).float() if binary else values.round(decimals=1)
 
     answers = torch.randint(-1, 3, (batch, n), generator=g)
     # equal answers are equally correct (as a verifier judges them); unparsable ones get their own reward
