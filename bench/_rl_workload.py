@@ -1,6 +1,6 @@
-"""The shared workload of bench/rl_step_vs_trl.py: a 32k-vocabulary BPE tokenizer trained locally on GSM8K and MATH text,
-a ~23M-parameter Llama built from a config, both written with save_pretrained, the prompts (chat-templated
-GSM8K questions) and the verifier reward. Nothing is downloaded."""
+"""The shared workload of bench/rl_step_vs_trl.py: a 32k-vocabulary BPE tokenizer trained locally on GSM8K and
+MATH text, a ~23M-parameter Llama built from a config, both written with save_pretrained, the prompts
+(chat-templated GSM8K questions) and the verifier reward. Nothing is downloaded."""
 
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ save_pretrained; both systems load those same files. Prompts: GSM8K training que
 template into text, given to both systems as the same raw prompt (the script checks that both tokenize them to
 the same ids); step i uses questions i*B .. i*B+B-1 in both. Sampling: temperature 1, no top-k/top-p, at most
 `--max-new-tokens` new tokens. Reward: 1.0 when the completion contains the gold number, 0.1 when its first number
-ends in the gold's last digit (so that an untrained model's groups have non-zero advantages), else 0. Update: one optimizer step (AdamW, lr 1e-6, grad-norm clip 1.0) on all B x G samples,
-clipped ratio (0.2), token-mean loss, group-normalised advantages, no reference model (beta 0).
+ends in the gold's last digit (so that an untrained model's groups have non-zero advantages), else 0. Update: one
+optimizer step (AdamW, lr 1e-6, grad-norm clip 1.0) on all B x G samples, clipped ratio (0.2), token-mean loss,
+group-normalised advantages, no reference model (beta 0).
 
 TRL runs as its docs set it up for this: GRPOConfig(per_device_train_batch_size=B*G, num_generations=G,
 generation_batch_size=B*G, gradient_accumulation_steps=1, num_iterations=1, beta=0.0, max_completion_length,
@@ -88,7 +89,8 @@ def trl_worker(conn, folder: dict, settings: dict) -> None:
 
     config = GRPOConfig(
         output_dir=os.path.join(folder["root"], "trl"), per_device_train_batch_size=b * g, num_generations=g,
-        generation_batch_size=b * g, gradient_accumulation_steps=1, num_iterations=1, max_completion_length=settings["max_new_tokens"],
+        generation_batch_size=b * g, gradient_accumulation_steps=1, num_iterations=1,
+        max_completion_length=settings["max_new_tokens"],
         temperature=1.0, top_p=1.0, top_k=0, beta=0.0, epsilon=0.2, learning_rate=1e-6, max_grad_norm=1.0,
         max_steps=steps, use_vllm=False, bf16=False, use_cpu=True, gradient_checkpointing=False,
         shuffle_dataset=False, report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True,
@@ -158,7 +160,8 @@ def inferl_worker(conn, folder: dict, settings: dict) -> None:
         name = "gold-number"
 
         def __init__(self, rows):
-            self.records = [PromptRecord(id=f"gsm8k-{i}", prompt=text, reference=gold) for i, (text, gold) in enumerate(rows)]
+            self.records = [PromptRecord(id=f"gsm8k-{i}", prompt=text, reference=gold)
+                            for i, (text, gold) in enumerate(rows)]
 
         def verify(self, record, completion):
             return Verdict(reward=workload.reward(completion, record.reference))
@@ -266,7 +269,8 @@ def main() -> None:
             print(f"step {step}{'' if step >= args.warmup else ' (warm-up)'}: trl {t['step']:.2f} s, "
                   f"inferl {i['step']:.2f} s, ratio {t['step'] / i['step']:.2f}", flush=True)
             if t["prompts"] != i["prompts"]:
-                raise SystemExit(f"step {step}: the systems tokenized different prompts ({t['prompts']} vs {i['prompts']})")
+                raise SystemExit(f"step {step}: the systems tokenized different prompts "
+                                 f"({t['prompts']} vs {i['prompts']})")
         for name, (process, conn) in workers.items():
             conn.recv()  # done
             process.join(timeout=60)

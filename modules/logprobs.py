@@ -1,12 +1,13 @@
 """Log-probabilities of chosen tokens without ever materialising float32 logits of shape [N, T, V].
 
 The backbone runs over each distinct prompt once (the rows of a group share their prompt: its keys/values are
-computed once and indexed out to the rows, gradients flowing back through the indexing) and then over the completions; the LM
-head and log-softmax then run over the completion tokens in chunks of `chunk_tokens`, each as one autograd
-function (`HeadLogprobs`) that makes a single [chunk_tokens, V] float32 buffer of probabilities and derives the
-chosen log-prob, the entropy and, in backward, the logits' gradient from it. With several chunks the buffer is
-recomputed in backward, so the peak extra memory is one chunk's [chunk_tokens, V] logits in forward and in
-backward; a single chunk keeps its buffer for backward instead (the same peak, one LM-head pass less).
+computed once and indexed out to the rows, gradients flowing back through the indexing) and then over the
+completions. The LM head and log-softmax then run over the completion tokens in chunks of `chunk_tokens`, each
+as one autograd function (`HeadLogprobs`) that makes a single [chunk_tokens, V] float32 buffer of probabilities
+and takes the chosen log-prob, the entropy and, in backward, the logits' gradient from it. With several chunks
+the buffer is recomputed in backward, so the peak extra memory is one chunk's [chunk_tokens, V] logits in
+forward and in backward; a single chunk keeps its buffer for backward instead (the same peak, one LM-head pass
+less).
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ class HeadLogprobs(torch.autograd.Function):
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, keep: bool):
         probs, chosen, entropy, compute_dtype = _head_probs(hidden, weight, bias, targets)
         ctx.compute_dtype = compute_dtype
-        ctx.keep = keep
         ctx.save_for_backward(hidden, weight, bias, targets, probs if keep else None)
         ctx.mark_non_differentiable(entropy)
         return chosen, entropy
@@ -135,8 +135,8 @@ def completion_hidden_states(model: torch.nn.Module, prompt_ids: Tensor, prompt_
     groups = prompt_groups(prompt_ids, prompt_mask) if _shares_prefix(model) else None
     if groups is not None:
         first, run = groups
-        out = trunk(input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=positions[first, :width],
-                    use_cache=True)
+        out = trunk(input_ids=prompt_ids[first], attention_mask=prompt_mask[first],
+                    position_ids=positions[first, :width], use_cache=True)
         cache = out.past_key_values
         if cache is not None and hasattr(cache, "batch_select_indices"):
             last_prompt = out.last_hidden_state[:, -1:][run]  # left padding: the last column is a real token
@@ -147,7 +147,8 @@ def completion_hidden_states(model: torch.nn.Module, prompt_ids: Tensor, prompt_
                          position_ids=positions[:, width:-1], past_key_values=cache, use_cache=True).last_hidden_state
             return torch.cat([last_prompt, rest], dim=1)
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    hidden = trunk(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=False).last_hidden_state
+    hidden = trunk(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                   use_cache=False).last_hidden_state
     return hidden[:, width - 1: width - 1 + length]
 
 

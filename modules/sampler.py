@@ -101,7 +101,8 @@ def draw(logits: Tensor, params: SamplingParams, generator: torch.Generator | No
     total = cumulative[:, -1:]
     uniform = torch.rand(total.shape, generator=generator, device=logits.device, dtype=total.dtype)
     # first index whose cumulative mass exceeds u * total: zero-probability tokens are never chosen
-    tokens = torch.searchsorted(cumulative, uniform * total, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    tokens = torch.searchsorted(cumulative, uniform * total, right=True).squeeze(-1)
+    tokens = tokens.clamp_(max=logits.shape[-1] - 1)
     chosen = logits.gather(-1, tokens[:, None]) - peak - total.log()
     return tokens, chosen.squeeze(-1)
 
