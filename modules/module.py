@@ -7,6 +7,7 @@ import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import lightning as L
@@ -123,11 +124,19 @@ class InferlModule(L.LightningModule):
         self._eval_skip: set[str] = set()  # prompt ids already evaluated this epoch (see restore_eval)
         self.eval_results: dict | None = None  # the latest validation / test: metrics and solve-rate histogram
         self.last_rollout: LastRollout | None = None  # read by callbacks such as callbacks.SampleTable
+        self.background: ThreadPoolExecutor | None = None  # verification thread, made in setup()
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device
         self.generator = torch.Generator(device=device).manual_seed(self.hparams.seed + self.global_rank)
+        # one long-lived thread runs verification during training, overlapping it with the reference pass
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferl-verify")
+
+    def teardown(self, stage: str) -> None:
+        if getattr(self, "background", None) is not None:
+            self.background.shutdown(wait=True)
+            self.background = None
 
     def on_fit_start(self) -> None:
         objectives = [c for c in self.trainer.callbacks if isinstance(c, Objective)]
@@ -162,10 +171,11 @@ class InferlModule(L.LightningModule):
     # ----------------------------------------------------------------------------------------- training
     def training_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
         samples, texts = self.rollout(batch, self.hparams.group_size, self.sampling)
-        verdicts = self.verify(batch, texts, samples.group_size, stage="train")
+        verifying = self.background.submit(self.verify, batch, texts, samples.group_size, stage="train")
+        ref_logprobs = self.reference_logprobs(samples)  # on the accelerator while the verifiers run on CPU
+        verdicts = verifying.result()
         groups = to_groups(verdicts, samples.completion_lengths, samples.group_size)
         weights = self.weigh(groups)
-        ref_logprobs = self.reference_logprobs(samples)
         stats = self.update(samples, weights.flatten(), ref_logprobs)
         self.log_step(batch, samples, texts, verdicts, groups, weights, stats)
 
@@ -201,10 +211,19 @@ class InferlModule(L.LightningModule):
 
     def batched_logprobs(self, model: torch.nn.Module, samples: Samples) -> Tensor:
         """Token log-probs [N, L] of the samples under `model`, computed micro-batch by micro-batch, no grad."""
-        size = self.hparams.micro_batch_size or samples.completion_ids.shape[0]
-        parts = [token_logprobs(model, *samples_rows(samples, rows), chunk_tokens=self.hparams.logprob_chunk_tokens)[0]
-                 for rows in torch.arange(samples.completion_ids.shape[0]).split(size)]
-        return torch.cat(parts)
+        logprobs = torch.zeros_like(samples.sampling_logprobs)
+        for rows in self.micro_batches(torch.arange(samples.completion_ids.shape[0]), samples):
+            part = token_logprobs(model, *samples_rows(samples, rows), chunk_tokens=self.hparams.logprob_chunk_tokens)[0]
+            logprobs[rows, : part.shape[1]] = part  # each micro-batch is trimmed to its own longest completion
+        return logprobs
+
+    def micro_batches(self, rows: Tensor, samples: Samples) -> tuple[Tensor, ...]:
+        """`rows` split into micro-batches of `micro_batch_size`, sorted by completion length so that each one
+        trims the most padding (gradients accumulate over the minibatch, so the grouping does not change them)."""
+        size = self.hparams.micro_batch_size
+        if size is None or size >= len(rows):
+            return (rows,)
+        return rows[torch.argsort(samples.completion_lengths[rows].cpu(), stable=True)].split(size)
 
     @timed("time/update_s")
     def update(self, samples: Samples, advantages: Tensor, ref_logprobs: Tensor | None) -> dict[str, float]:
@@ -222,7 +241,7 @@ class InferlModule(L.LightningModule):
             for index, minibatch in enumerate(minibatches):
                 optimizer.zero_grad()
                 tokens = float(samples.completion_mask[minibatch].sum())
-                for rows in minibatch.split(hp.micro_batch_size or len(minibatch)):
+                for rows in self.micro_batches(minibatch, samples):
                     self.micro_step(samples, rows, advantages, old_logprobs, ref_logprobs, tokens, len(minibatch), totals)
                 if hp.max_grad_norm is not None:
                     self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
