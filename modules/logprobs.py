@@ -119,6 +119,19 @@ def _shares_prefix(model: torch.nn.Module) -> bool:
                    for m in model.modules())
 
 
+def select_cache_rows(cache, rows: Tensor) -> None:
+    """`cache.batch_select_indices(rows)` with `index_select`: its backward (index_add) is deterministic on CPU,
+    while advanced indexing's (index_put with accumulate) sums in a thread-dependent order, so runs would differ."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
+        cache.batch_select_indices(rows)
+        return
+    for layer in layers:
+        if layer.keys is not None and layer.keys.numel():
+            layer.keys = layer.keys.index_select(0, rows)
+            layer.values = layer.values.index_select(0, rows)
+
+
 def completion_hidden_states(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
                              completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
     """Final hidden states that predict each completion token: [N, L, H] (position P-1+j predicts token j).
@@ -139,10 +152,11 @@ def completion_hidden_states(model: torch.nn.Module, prompt_ids: Tensor, prompt_
                     position_ids=positions[first, :width], use_cache=True)
         cache = out.past_key_values
         if cache is not None and hasattr(cache, "batch_select_indices"):
-            last_prompt = out.last_hidden_state[:, -1:][run]  # left padding: the last column is a real token
+            # left padding: the last column is a real token
+            last_prompt = out.last_hidden_state[:, -1:].index_select(0, run)
             if length == 1:
                 return last_prompt
-            cache.batch_select_indices(run)  # [U, ...] -> [N, ...] by indexing: gradients reach the prompt pass
+            select_cache_rows(cache, run)  # [U, ...] -> [N, ...] by indexing: gradients reach the prompt pass
             rest = trunk(input_ids=completion_ids[:, :-1], attention_mask=attention[:, :-1],
                          position_ids=positions[:, width:-1], past_key_values=cache, use_cache=True).last_hidden_state
             return torch.cat([last_prompt, rest], dim=1)

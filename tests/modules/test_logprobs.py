@@ -48,3 +48,22 @@ def test_padding_positions_are_zero_and_no_grad_path_matches():
         got, _ = token_logprobs(model, *inputs, chunk_tokens=2)
     assert (got[inputs[3] == 0] == 0).all()
     assert torch.allclose(got, naive_logprobs(model, *inputs).detach(), atol=1e-6)
+
+
+def test_shared_prompt_gradients_are_bitwise_reproducible():
+    # the shared-prompt pass gathers each prompt's KV cache out to its rows; that gather's backward must sum in a
+    # fixed order (index_select), or two runs of the same seed drift apart (advanced indexing's does not, on CPU)
+    policy = TinyPolicy(hidden_size=64, num_layers=2, intermediate_size=128, seed=4)
+    model = policy.load_model()
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 20, (int(n),), generator=generator).tolist() for n in torch.randint(2, 9, (16,))]
+    order = torch.randperm(16 * 8, generator=generator)
+    prompt_ids, prompt_mask = left_pad([prompts[i // 8] for i in order.tolist()], 0)
+    completion_ids, completion_mask = right_pad([[5 + i % 7] * (1 + i % 5) for i in range(16 * 8)], 0)
+    grads = []
+    for _ in range(8):
+        model.zero_grad()
+        logprobs, _ = token_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        logprobs.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
