@@ -32,6 +32,3 @@ class MeanReward(Objective):
     def weights(self, groups: Groups, step: int) -> Tensor:
         self._value = float(groups.rewards.float().mean())
         return mean_weights(groups.rewards, normalize=self.normalize, eps=self.eps)
-
-    def metrics(self) -> dict[str, float]:
-        return {"objective/k": 1.0, "objective/value": self._value}

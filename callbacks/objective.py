@@ -39,7 +39,8 @@ class Groups:
 
 
 class Objective(L.Callback):
-    """Base class of objective callbacks. Subclasses implement `weights` (and `state_dict` if stateful)."""
+    """Base class of objective callbacks. Subclasses implement `weights` (and extend `state_dict` if they keep more
+    state than k)."""
 
     #: the k this objective trains for (1 for mean reward); the module also reports pass@k at this k
     k: int = 1
@@ -58,9 +59,18 @@ class Objective(L.Callback):
         """Per-sample weights [B, G] such that sum_i w_i grad log pi(y_i) estimates the objective's gradient."""
         raise NotImplementedError
 
+    #: the latest step's estimate of the objective (set by `weights`)
+    _value: float = float("nan")
+
     def metrics(self) -> dict[str, float]:
-        """Scalars to log under `objective/` after each step (k, lambda, objective value)."""
-        return {"objective/k": float(self.k)}
+        """Scalars to log under `objective/` after each step (k, objective value; subclasses add lambda etc.)."""
+        return {"objective/k": float(self.k), "objective/value": self._value}
+
+    def state_dict(self) -> dict:
+        return {"k": self.k}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.k = int(state_dict["k"])
 
     def check_group_size(self, group_size: int) -> None:
         """Raise a configuration error if G samples per prompt cannot serve this objective."""

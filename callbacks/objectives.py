@@ -119,15 +119,6 @@ class PassAtK(Objective):
             return chen_passk_weights(rewards, self.k)
         return _to_scale(passk_weights(rewards, self.k, self.baseline), self.k, self.scale)
 
-    def metrics(self) -> dict[str, float]:
-        return {"objective/k": float(self.k), "objective/value": self._value}
-
-    def state_dict(self) -> dict:
-        return {"k": self.k}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.k = int(state_dict["k"])
-
 
 class MajorityVote(Objective):
     """Train for maj@k, the correctness of the majority answer among k samples (Tang et al. 2025, arXiv 2503.19595).
@@ -169,13 +160,7 @@ class MajorityVote(Objective):
         return _to_scale(w, self.k, self.scale)
 
     def metrics(self) -> dict[str, float]:
-        return {"objective/k": float(self.k), "objective/value": self._value, "objective/exact": self._exact}
-
-    def state_dict(self) -> dict:
-        return {"k": self.k}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.k = int(state_dict["k"])
+        return {**super().metrics(), "objective/exact": self._exact}
 
 
 class BestOfN(Objective):
@@ -212,15 +197,6 @@ class BestOfN(Objective):
         scores = scores.detach().to(groups.rewards.device)
         self._value = float(bon_at_k(groups.rewards, scores, self.k).mean())
         return _to_scale(bon_weights(groups.rewards, scores, self.k), self.k, self.scale)
-
-    def metrics(self) -> dict[str, float]:
-        return {"objective/k": float(self.k), "objective/value": self._value}
-
-    def state_dict(self) -> dict:
-        return {"k": self.k}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.k = int(state_dict["k"])
 
 
 class BudgetConstrained(Objective):
@@ -293,7 +269,7 @@ class BudgetConstrained(Objective):
         return w
 
     def metrics(self) -> dict[str, float]:
-        return {"objective/k": 1.0, "objective/value": self._value, "objective/lambda": self.lam,
+        return {**super().metrics(), "objective/lambda": self.lam,
                 "objective/cost": self._mean_cost}
 
     def state_dict(self) -> dict:

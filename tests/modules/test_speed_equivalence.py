@@ -26,6 +26,7 @@ from modules.losses import aggregate, clipped_policy_loss
 from modules.module import samples_rows
 from modules.padding import left_pad, right_pad
 from modules.sampler import draw, filter_logits, sample
+from test_logprobs import naive_logprobs
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
 
@@ -109,15 +110,6 @@ def test_draw_by_inversion_samples_the_filtered_softmax():
         assert torch.allclose(logprobs, expected.log()[tokens], atol=1e-6)
 
 
-def naive_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask):
-    ids = torch.cat([prompt_ids, completion_ids], 1)
-    attention = torch.cat([prompt_mask, completion_mask], 1)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits.float()
-    width = prompt_ids.shape[1]
-    logits = logits[:, width - 1: width - 1 + completion_ids.shape[1]]
-    chosen = logits.log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)
-    return chosen * completion_mask
 
 
 @pytest.mark.parametrize("chunk_tokens", [4096, 3], ids=["one-chunk", "several-chunks"])
