@@ -173,8 +173,15 @@ def token_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tens
     prompt_ids/prompt_mask: [N, P] left-padded; completion_ids/completion_mask: [N, L] right-padded.
     Positions outside completion_mask are 0. Differentiable when called with grad enabled.
     """
-    _, head = backbone_and_head(model)
     hidden = completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    return head_logprobs(model, hidden, completion_ids, completion_mask, chunk_tokens)
+
+
+def head_logprobs(model: torch.nn.Module, hidden: Tensor, completion_ids: Tensor, completion_mask: Tensor,
+                  chunk_tokens: int = 4096) -> tuple[Tensor, Tensor]:
+    """Log-probs [N, L] and entropy [N, L] of the completion tokens from the hidden states [N, L, H] that predict
+    them (`completion_hidden_states`), through the model's LM head in chunks of `chunk_tokens` tokens."""
+    _, head = backbone_and_head(model)
     where = completion_mask.bool()
     selected, targets = hidden[where], completion_ids[where]
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
