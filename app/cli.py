@@ -1,4 +1,4 @@
-"""`inferl fit --config configs/demo.yaml`: LightningCLI over InferlModule and PromptDataModule."""
+"""`inferl fit --config configs/demo.yaml`: LightningCLI over InferlModule and PromptDataModule (+ `inferl export`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import NoReturn
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from app.export import ExportSubcommand
 from datamodules.datamodule import PromptDataModule
 from datamodules.records import DataError
 from modules.module import ConfigError, InferlModule
@@ -25,8 +26,9 @@ class ConciseArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
 
-class InferlCLI(LightningCLI):
-    """LightningCLI with a checkpoint section that keeps `last.ckpt` (so `--ckpt_path last` resumes)."""
+class InferlCLI(ExportSubcommand, LightningCLI):
+    """LightningCLI with a checkpoint section that keeps `last.ckpt` (so `--ckpt_path last` resumes), and an
+    `export` subcommand that writes a checkpoint's policy as a Hugging Face model folder (app/export.py)."""
 
     #: evaluation settings a validate/test/predict run takes from its own config, not from the checkpoint
     EVAL_KEYS = ("val_samples", "val_sampling", "eval_ks", "pass_k")

@@ -64,6 +64,8 @@ class SupervisedWarmStart(L.Callback):
             optimizer.step()
             if step % 50 == 0 or step == self.steps - 1:
                 log.info("warm start step %d/%d: loss %.4f", step + 1, self.steps, loss.item())
+        if hasattr(pl_module, "reset_reference"):  # the KL anchors to the warm-started policy, not the random one
+            pl_module.reset_reference()
         if trainer.logger is not None:
             trainer.logger.log_metrics({"warmstart/loss": loss.item()}, step=0)
 

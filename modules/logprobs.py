@@ -8,9 +8,19 @@ and takes the chosen log-prob, the entropy and, in backward, the logits' gradien
 the buffer is recomputed in backward, so the peak extra memory is one chunk's [chunk_tokens, V] logits in
 forward and in backward; a single chunk keeps its buffer for backward instead (the same peak, one LM-head pass
 less).
+
+Under FSDP2 (`modules.sharding`: every decoder layer and the model's root are `fully_shard` units, the root owning
+the embeddings and the LM head) a parameter is gathered only inside its unit's forward, and these functions read the
+LM head's weight and call the trunk without going through the model's forward. So on a sharded model each public
+function runs as one forward of the root (`register_fsdp_forward_method`): the root's parameters are gathered for
+the call (and stay so until backward, as FSDP2 keeps a root's after forward; a no-grad call reshards them at once),
+the layers gather theirs in their own forwards, and gradients are reduce-scattered by FSDP2 as for any forward.
 """
 
 from __future__ import annotations
+
+import sys
+import types
 
 import torch
 from torch import Tensor
@@ -132,6 +142,33 @@ def select_cache_rows(cache, rows: Tensor) -> None:
             layer.values = layer.values.index_select(0, rows)
 
 
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """True if `model` is an FSDP2 unit (`fully_shard` was applied to it, see modules.sharding)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # never imported: nothing can be sharded
+    kind = getattr(fsdp, "FSDPModule", None)
+    return kind is not None and isinstance(model, kind)
+
+
+def _call(self, fn, *args):
+    return fn(*args)
+
+
+def in_root_forward(model: torch.nn.Module, fn, *args):
+    """`fn(*args)` run as a forward of the FSDP2 root `model`: its parameters (embeddings, final norm, LM head) are
+    gathered around the call; after a no-grad call they are resharded at once (no backward will do it)."""
+    run = model.__dict__.get("_inferl_forward")
+    if run is None:
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        model.__dict__["_inferl_forward"] = types.MethodType(_call, model)
+        register_fsdp_forward_method(model, "_inferl_forward")
+        run = model.__dict__["_inferl_forward"]
+    out = run(fn, *args)
+    if not torch.is_grad_enabled():
+        model.reshard()
+    return out
+
+
 def completion_hidden_states(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
                              completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
     """Final hidden states that predict each completion token: [N, L, H] (position P-1+j predicts token j).
@@ -141,6 +178,20 @@ def completion_hidden_states(model: torch.nn.Module, prompt_ids: Tensor, prompt_
     token predicts nothing and is not run). The same numbers as one pass over prompt + completion, up to float
     rounding; differentiable either way.
     """
+    if is_fsdp(model):
+        return in_root_forward(model, _owned_hidden_states, model, prompt_ids, prompt_mask, completion_ids,
+                               completion_mask)
+    return _completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+
+
+def _owned_hidden_states(*args) -> Tensor:
+    # an FSDP2 forward's output gets its pre-backward hook; a view would lose it to any in-place op (FSDP2 warns)
+    hidden = _completion_hidden_states(*args)
+    return hidden if hidden._base is None else hidden.clone()
+
+
+def _completion_hidden_states(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
+                              completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
     trunk, _ = backbone_and_head(model)
     attention = torch.cat([prompt_mask, completion_mask], dim=1)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
@@ -173,14 +224,29 @@ def token_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tens
     prompt_ids/prompt_mask: [N, P] left-padded; completion_ids/completion_mask: [N, L] right-padded.
     Positions outside completion_mask are 0. Differentiable when called with grad enabled.
     """
-    hidden = completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-    return head_logprobs(model, hidden, completion_ids, completion_mask, chunk_tokens)
+    if is_fsdp(model):  # one root forward for both parts
+        return in_root_forward(model, _token_logprobs, model, prompt_ids, prompt_mask, completion_ids,
+                               completion_mask, chunk_tokens)
+    return _token_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, chunk_tokens)
+
+
+def _token_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                    completion_mask: Tensor, chunk_tokens: int) -> tuple[Tensor, Tensor]:
+    hidden = _completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    return _head_logprobs(model, hidden, completion_ids, completion_mask, chunk_tokens)
 
 
 def head_logprobs(model: torch.nn.Module, hidden: Tensor, completion_ids: Tensor, completion_mask: Tensor,
                   chunk_tokens: int = 4096) -> tuple[Tensor, Tensor]:
     """Log-probs [N, L] and entropy [N, L] of the completion tokens from the hidden states [N, L, H] that predict
     them (`completion_hidden_states`), through the model's LM head in chunks of `chunk_tokens` tokens."""
+    if is_fsdp(model):
+        return in_root_forward(model, _head_logprobs, model, hidden, completion_ids, completion_mask, chunk_tokens)
+    return _head_logprobs(model, hidden, completion_ids, completion_mask, chunk_tokens)
+
+
+def _head_logprobs(model: torch.nn.Module, hidden: Tensor, completion_ids: Tensor, completion_mask: Tensor,
+                   chunk_tokens: int) -> tuple[Tensor, Tensor]:
     _, head = backbone_and_head(model)
     where = completion_mask.bool()
     selected, targets = hidden[where], completion_ids[where]

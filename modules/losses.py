@@ -65,3 +65,56 @@ def aggregate(values: Tensor, mask: Tensor, mode: LossAggregation, total_tokens:
         per_sequence = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return per_sequence.sum() / (total_sequences if total_sequences is not None else values.shape[0])
     raise ValueError(f"unknown loss aggregation {mode!r}; choose token-mean or sequence-mean")
+
+
+# ------------------------------------------------------------------------------------------------- critic (PPO)
+# GAE: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation",
+# arXiv 1506.02438. Clipped value loss: the PPO2 reference implementation (OpenAI baselines), as in TRL and veRL.
+
+
+def terminal_rewards(weights: Tensor, mask: Tensor) -> Tensor:
+    """Per-token rewards [N, L]: each sequence's weight [N] on its last real token (mask [N, L]), 0 elsewhere.
+
+    The objective's per-sample weight is the sequence's reward, so GAE works under every objective."""
+    mask = mask.to(weights.dtype)
+    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
+    return torch.where(last, weights[:, None].expand_as(mask), torch.zeros_like(mask))
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimates and value targets over tokens.
+
+    rewards, values, mask: [N, L] (right-padded; V(s_t) predicted before token t). With delta_t = r_t +
+    gamma V(s_{t+1}) - V(s_t) (V after the last real token is 0), A_t = delta_t + gamma lam A_{t+1}.
+    Returns advantages [N, L] and returns A + V [N, L], both 0 outside the mask. gamma = lam = 1 and V = 0 give
+    A_t = the sequence's reward at every token (the critic-free weighting).
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """(values - mean) / std over the masked entries of values [N, L] (0 outside the mask); std is unbiased."""
+    mask = mask.to(values.dtype)
+    count = mask.sum().clamp(min=1)
+    mean = (values * mask).sum() / count
+    variance = (((values - mean) * mask) ** 2).sum() / (count - 1).clamp(min=1)
+    return (values - mean) * torch.rsqrt(variance + eps) * mask
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float | None) -> tuple[Tensor, Tensor]:
+    """Per-token value loss 0.5 max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2) and where the clipped term
+    was the larger; clip None = plain 0.5 (V - R)^2. All [N, L]."""
+    unclipped = (values - returns).square()
+    if clip is None:
+        return 0.5 * unclipped, torch.zeros_like(unclipped)
+    clipped = (old_values + (values - old_values).clamp(-clip, clip) - returns).square()
+    return 0.5 * torch.maximum(unclipped, clipped), (clipped > unclipped).float()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import time
 import warnings
@@ -19,11 +18,14 @@ from callbacks import estimators
 from callbacks.objective import Groups, Objective
 from datamodules.records import PromptRecord, Verdict
 from modules.groups import to_groups
-from modules.logprobs import token_logprobs
-from modules.losses import KLEstimator, LossAggregation, aggregate, clipped_policy_loss, kl_penalty
+from modules.logprobs import completion_hidden_states, head_logprobs, token_logprobs
+from modules.losses import (KLEstimator, LossAggregation, aggregate, clipped_policy_loss, clipped_value_loss, gae,
+                            kl_penalty, terminal_rewards, whiten)
 from modules.metrics import EvalMetrics
-from modules.policy import PolicySource
+from modules.policy import LoraParams, PolicySource, apply_lora, enable_gradient_checkpointing
+from modules.reference import ReferenceChoice, make_reference, reference_model, resolve_reference
 from modules.sampler import Samples, SamplingParams, sample
+from modules.value_head import CriticKind, build_critic, last_token_values
 
 
 @dataclass
@@ -39,6 +41,23 @@ class LastRollout:
     weights: Tensor | None = None
     lengths: list[int] | None = None
     finished: list[bool] | None = None
+
+
+@dataclass
+class UpdateTargets:
+    """What one step's update fits, per sample: advantages [N] or [N, L]; value targets, pre-update log-probs and
+    values, reference log-probs [N, L] (each None when not in use)."""
+
+    advantages: Tensor
+    returns: Tensor | None
+    old_logprobs: Tensor | None
+    old_values: Tensor | None
+    ref_logprobs: Tensor | None
+
+    @staticmethod
+    def rows(values: Tensor, rows: Tensor, width: int) -> Tensor:
+        """`values` of a micro-batch: its rows, trimmed to its width when per token."""
+        return values[rows] if values.dim() == 1 else values[rows, :width]
 
 
 class ConfigError(ValueError):
@@ -67,7 +86,8 @@ class InferlModule(L.LightningModule):
 
     One training step: sample `group_size` completions per prompt, verify them, turn the rewards into
     per-sample weights with the objective callback (exactly one in `trainer.callbacks`), and update the
-    policy with a clipped policy-gradient loss over `ppo_epochs` x `minibatches`.
+    policy with a clipped policy-gradient loss over `ppo_epochs` x `minibatches`. With a critic (PPO), the weights
+    are terminal rewards and the advantages come from GAE over tokens with a learned value function.
 
     Args:
         policy: where the policy model and tokenizer come from (`modules.PretrainedPolicy`, `modules.TinyPolicy`).
@@ -87,9 +107,28 @@ class InferlModule(L.LightningModule):
         loss_aggregation: "token-mean" (all tokens of a minibatch weigh the same) or "sequence-mean".
         kl_coef: beta, weight of the KL-to-reference loss term; 0 loads no reference model.
         kl_estimator: "k1", "k2" or "k3" (default; unbiased and non-negative).
+        reference: the KL reference model (when kl_coef > 0): "auto" (adapters with LoRA, else copy), "copy" (a
+            frozen copy in the policy's dtype), "8bit" / "4bit" (a frozen copy quantized with bitsandbytes, about
+            1/2 / 1/4 of a 16-bit copy's memory), "adapters" (LoRA only: the policy with its adapters disabled, no
+            second model). See docs/models.md.
+        lora: LoRA adapters (peft), e.g. {rank: 16, alpha: 32}: only the adapters train; on a quantized policy
+            (the policy's quantization: 4bit) this is QLoRA. None = every policy weight trains.
+        gradient_checkpointing: recompute the policy's decoder activations in backward (transformers'
+            non-reentrant checkpointing): less activation memory for about a third more update compute.
         max_grad_norm: clip the gradient norm to this (None = no clipping).
-        logprob_chunk_tokens: tokens per chunk of the LM head + log-softmax (bounds logits memory).
+        logprob_chunk_tokens: tokens per chunk of the LM head + log-softmax: the pass holds about two float32
+            [chunk, V] buffers (1024 x 152k vocabulary: 0.6 GB each; docs/memory.md); smaller saves memory, and a
+            batch of several chunks recomputes each chunk's logits once in backward.
         seed: sampling seed (each rank offsets it by its rank).
+        critic: "none" (the objective's weights are the advantages), "shared" (PPO: a value head on the policy's
+            final hidden states, trained through the shared trunk) or "separate" (a value head on its own model).
+        critic_source: the separate critic's model; None = a fresh copy of `policy`.
+        value_coef: weight of the value loss.
+        value_clip: clip range of the value prediction around the pre-update value (None = unclipped).
+        gamma: GAE discount over tokens.
+        gae_lambda: GAE lambda (1 = Monte Carlo returns minus values; 0 = one-step TD).
+        whiten_advantages: normalise the advantages to mean 0, std 1 over the step's tokens (with or without a
+            critic; it changes the objective's scale per step, so it is off by default).
     """
 
     def __init__(self, policy: PolicySource, group_size: int = 8, sampling: SamplingParams | None = None,
@@ -99,18 +138,32 @@ class InferlModule(L.LightningModule):
                  micro_batch_size: int | None = None, clip_low: float = 0.2, clip_high: float = 0.2,
                  loss_aggregation: LossAggregation = "token-mean", kl_coef: float = 0.0,
                  kl_estimator: KLEstimator = "k3", max_grad_norm: float | None = 1.0,
-                 logprob_chunk_tokens: int = 4096, seed: int = 0) -> None:
+                 reference: ReferenceChoice = "auto", lora: LoraParams | None = None,
+                 gradient_checkpointing: bool = False,
+                 logprob_chunk_tokens: int = 1024, seed: int = 0, critic: CriticKind = "none",
+                 critic_source: PolicySource | None = None, value_coef: float = 0.1, value_clip: float | None = 0.2,
+                 gamma: float = 1.0, gae_lambda: float = 0.95, whiten_advantages: bool = False) -> None:
         super().__init__()
         # checkpoints load with weights_only=True: keep hparams to plain types (sampling settings as dicts)
-        self.save_hyperparameters(ignore=["policy", "optimizer", "sampling", "val_sampling"])
-        check_settings(group_size, val_samples, pass_k, ppo_epochs, minibatches, micro_batch_size, kl_coef)
+        self.save_hyperparameters(ignore=["policy", "optimizer", "sampling", "val_sampling", "critic_source"])
+        lora = LoraParams(**lora) if isinstance(lora, dict) else lora  # a dict from checkpoint hparams
+        check_settings(group_size, val_samples, pass_k, ppo_epochs, minibatches, micro_batch_size, kl_coef,
+                       reference, lora, getattr(policy, "quantization", None))
         self.eval_ks = resolve_eval_ks(eval_ks, pass_k, val_samples)
         self.automatic_optimization = False
         self.policy_source = policy
         self.tokenizer = policy.load_tokenizer()
         self.policy = policy.load_model()
-        self.reference = frozen_copy(self.policy) if kl_coef > 0 else None
-        self.value_head: torch.nn.Module | None = None  # filled by the value-head (PPO critic) option
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(self.policy)  # non-reentrant, recomputes each decoder layer in backward
+        if lora is not None:
+            self.policy = apply_lora(self.policy, lora)
+        self.hparams.update(lora=None if lora is None else asdict(lora))
+        self.reference_kind = resolve_reference(reference, kl_coef, lora is not None)
+        self.reference = make_reference(self.policy, self.reference_kind)  # a frozen model, AdapterReference or None
+        check_critic_settings(critic, value_coef, value_clip, gamma, gae_lambda,
+                              getattr(critic_source or policy, "quantization", None))
+        self.critic, self.value_head = build_critic(critic, critic_source or policy, self.policy)
         self.sampling = sampling or SamplingParams()
         self.val_sampling = val_sampling or self.sampling
         self.hparams.update(sampling=asdict(self.sampling), val_sampling=asdict(self.val_sampling))
@@ -150,8 +203,22 @@ class InferlModule(L.LightningModule):
         except ValueError as error:
             raise ConfigError(str(error)) from None
 
+    def configure_model(self) -> None:
+        """Under ModelParallelStrategy, shard the policy, reference, critic and value head with FSDP2
+        (modules.sharding); nothing under DDP or on one device. Idempotent."""
+        from modules.sharding import shard_models
+
+        shard_models(self)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.make_optimizer([p for p in self.policy.parameters() if p.requires_grad])
+        optimizer = self.make_optimizer([p for p in self.parameters() if p.requires_grad])  # policy, value head, critic
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if isinstance(self.trainer.strategy, ModelParallelStrategy):
+            from modules.sharding import check_optimizer
+
+            check_optimizer(optimizer)  # 8-bit (bitsandbytes) optimizers cannot step DTensors
+        return optimizer
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # prompt records are tokenized and moved inside the step
@@ -164,19 +231,23 @@ class InferlModule(L.LightningModule):
         return self.tokenizer(record.prompt).input_ids
 
     def reset_reference(self) -> None:
-        """Make the reference model the current policy (e.g. after a supervised warm start)."""
+        """Make the reference model the current policy (e.g. after a supervised warm start): a copy reloads the
+        policy's weights, a quantized copy is quantized again from them, and with LoRA the adapters are folded into
+        the base weights and restarted at zero (modules.reference.make_reference). Call it before RL updates start."""
         if self.reference is not None:
-            self.reference.load_state_dict(self.policy.state_dict())
+            self.reference = make_reference(self.policy, self.reference_kind, previous=self.reference)
 
     # ----------------------------------------------------------------------------------------- training
     def training_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
         samples, texts = self.rollout(batch, self.hparams.group_size, self.sampling)
         verifying = self.background.submit(self.verify, batch, texts, samples.group_size, stage="train")
         ref_logprobs = self.reference_logprobs(samples)  # on the accelerator while the verifiers run on CPU
+        old_logprobs, old_values = self.old_outputs(samples)
         verdicts = verifying.result()
-        groups = to_groups(verdicts, samples.completion_lengths, samples.group_size)
+        groups = to_groups(verdicts, samples.completion_lengths, samples.group_size, self.final_values(old_values, samples))
         weights = self.weigh(groups)
-        stats = self.update(samples, weights.flatten(), ref_logprobs)
+        advantages, returns = self.advantages(weights.flatten(), old_values, samples.completion_mask)
+        stats = self.update(samples, advantages, returns, old_logprobs, old_values, ref_logprobs)
         self.log_step(batch, samples, texts, verdicts, groups, weights, stats)
 
     @timed("time/rollout_s")
@@ -207,7 +278,8 @@ class InferlModule(L.LightningModule):
     def reference_logprobs(self, samples: Samples) -> Tensor | None:
         if self.reference is None:
             return None
-        return self.batched_logprobs(self.reference, samples)
+        with reference_model(self.reference) as model:  # the frozen copy, or the policy with adapters disabled
+            return self.batched_logprobs(model, samples)
 
     def batched_logprobs(self, model: torch.nn.Module, samples: Samples) -> Tensor:
         """Token log-probs [N, L] of the samples under `model`, computed micro-batch by micro-batch, no grad."""
@@ -225,14 +297,59 @@ class InferlModule(L.LightningModule):
             return (rows,)
         return rows[torch.argsort(samples.completion_lengths[rows].cpu(), stable=True)].split(size)
 
-    @timed("time/update_s")
-    def update(self, samples: Samples, advantages: Tensor, ref_logprobs: Tensor | None) -> dict[str, float]:
-        """Clipped policy-gradient updates: ppo_epochs x minibatches optimizer steps on this step's samples."""
+    @torch.no_grad()
+    def old_outputs(self, samples: Samples) -> tuple[Tensor | None, Tensor | None]:
+        """The policy's token log-probs [N, L] before the update (None when a single on-policy update makes them
+        the current ones) and the critic's values [N, L] (None without a critic), from one pass per micro-batch."""
         hp = self.hparams
-        on_policy = hp.ppo_epochs == 1 and hp.minibatches == 1  # one update: the old policy is the current one
-        old_logprobs = None if on_policy else self.batched_logprobs(self.policy, samples).detach()
+        need_logprobs = not (hp.ppo_epochs == 1 and hp.minibatches == 1)
+        if self.value_head is None:
+            return (self.batched_logprobs(self.policy, samples) if need_logprobs else None), None
+        logprobs = torch.zeros_like(samples.sampling_logprobs) if need_logprobs else None
+        values = torch.zeros_like(samples.sampling_logprobs)
+        for rows in self.micro_batches(torch.arange(samples.completion_ids.shape[0]), samples):
+            inputs = samples_rows(samples, rows)
+            width = inputs[3].shape[1]
+            hidden = completion_hidden_states(self.policy, *inputs) if need_logprobs or self.critic is None else None
+            if need_logprobs:
+                logprobs[rows, :width] = head_logprobs(self.policy, hidden, inputs[2], inputs[3],
+                                                       hp.logprob_chunk_tokens)[0]
+            values[rows, :width] = self.critic_values(inputs, hidden)
+        return logprobs, values
+
+    def critic_values(self, inputs: tuple[Tensor, Tensor, Tensor, Tensor], policy_hidden: Tensor | None) -> Tensor:
+        """V(s_t) [n, L] of micro-batch `inputs` (samples_rows' four tensors): the value head on the policy's hidden
+        states (shared trunk) or on the separate critic's."""
+        hidden = policy_hidden if self.critic is None else completion_hidden_states(self.critic, *inputs)
+        return self.value_head(hidden) * inputs[3]
+
+    def final_values(self, values: Tensor | None, samples: Samples) -> Tensor | None:
+        """The critic's value at each sample's last token [N] (the learned verifier score of BestOfN(score="value"))."""
+        return None if values is None else last_token_values(values, samples.completion_lengths)
+
+    def advantages(self, weights: Tensor, values: Tensor | None, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Advantages ([N] sequence weights, or [N, L] per token) and value targets [N, L] (None without a critic).
+
+        Without a critic the objective's weights [N] are the advantages; with one they are terminal rewards for
+        GAE over the completion tokens."""
+        hp = self.hparams
+        if values is None:
+            returns, advantages = None, weights
+        else:
+            advantages, returns = gae(terminal_rewards(weights, mask), values, mask, hp.gamma, hp.gae_lambda)
+        if hp.whiten_advantages:
+            advantages = whiten(advantages if advantages.dim() == 2 else advantages[:, None] * mask, mask)
+        return advantages, returns
+
+    @timed("time/update_s")
+    def update(self, samples: Samples, advantages: Tensor, returns: Tensor | None, old_logprobs: Tensor | None,
+               old_values: Tensor | None, ref_logprobs: Tensor | None) -> dict[str, float]:
+        """Clipped policy-gradient (and value) updates: ppo_epochs x minibatches optimizer steps on this step's
+        samples. advantages [N] or [N, L]; the others [N, L] or None (see old_outputs, advantages)."""
+        hp = self.hparams
+        targets = UpdateTargets(advantages, returns, old_logprobs, old_values, ref_logprobs)
         optimizer = self.optimizers()
-        totals = {"loss": 0.0, "entropy": 0.0, "clip_frac": 0.0, "kl": 0.0, "tokens": 0.0}
+        totals = dict.fromkeys(["loss", "entropy", "clip_frac", "kl", "value_loss", "value_clip_frac", "tokens"], 0.0)
         n = samples.completion_ids.shape[0]
         order_generator = torch.Generator().manual_seed(hp.seed + self.global_step)
         for epoch in range(hp.ppo_epochs):
@@ -242,7 +359,7 @@ class InferlModule(L.LightningModule):
                 optimizer.zero_grad()
                 tokens = float(samples.completion_mask[minibatch].sum())
                 for rows in self.micro_batches(minibatch, samples):
-                    self.micro_step(samples, rows, advantages, old_logprobs, ref_logprobs, tokens, len(minibatch), totals)
+                    self.micro_step(samples, rows, targets, tokens, len(minibatch), totals)
                 if hp.max_grad_norm is not None:
                     self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
                 last = epoch == hp.ppo_epochs - 1 and index == len(minibatches) - 1
@@ -252,22 +369,31 @@ class InferlModule(L.LightningModule):
         tokens = max(totals.pop("tokens"), 1.0)
         return {name: value / tokens for name, value in totals.items()}
 
-    def micro_step(self, samples: Samples, rows: Tensor, advantages: Tensor, old_logprobs: Tensor | None,
-                   ref_logprobs: Tensor | None, minibatch_tokens: float, minibatch_size: int,
-                   totals: dict[str, float]) -> None:
+    def micro_step(self, samples: Samples, rows: Tensor, targets: UpdateTargets, minibatch_tokens: float,
+                   minibatch_size: int, totals: dict[str, float]) -> None:
         """Forward, loss and backward on `rows` of the samples; adds token-summed statistics to `totals`."""
         hp = self.hparams
-        prompt_ids, prompt_mask, completion_ids, mask = samples_rows(samples, rows)
-        logprobs, entropy = token_logprobs(self.policy, prompt_ids, prompt_mask, completion_ids, mask,
-                                           chunk_tokens=hp.logprob_chunk_tokens)
+        inputs = samples_rows(samples, rows)
+        mask = inputs[3]
         width = mask.shape[1]
-        old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width]
-        per_token, clipped = clipped_policy_loss(logprobs, old, advantages[rows], hp.clip_low, hp.clip_high)
+        hidden = completion_hidden_states(self.policy, *inputs)
+        logprobs, entropy = head_logprobs(self.policy, hidden, inputs[2], mask, hp.logprob_chunk_tokens)
+        old = logprobs.detach() if targets.old_logprobs is None else targets.old_logprobs[rows, :width]
+        advantages = targets.rows(targets.advantages, rows, width)
+        per_token, clipped = clipped_policy_loss(logprobs, old, advantages, hp.clip_low, hp.clip_high)
         loss = aggregate(per_token, mask, hp.loss_aggregation, minibatch_tokens, minibatch_size)
-        if ref_logprobs is not None:
-            kl = kl_penalty(logprobs, ref_logprobs[rows, :width], hp.kl_estimator)
+        if targets.ref_logprobs is not None:
+            kl = kl_penalty(logprobs, targets.ref_logprobs[rows, :width], hp.kl_estimator)
             loss = loss + hp.kl_coef * aggregate(kl, mask, hp.loss_aggregation, minibatch_tokens, minibatch_size)
             totals["kl"] += float((kl.detach() * mask).sum())
+        if targets.returns is not None:
+            values = self.critic_values(inputs, hidden)
+            value_loss, value_clipped = clipped_value_loss(values, targets.rows(targets.old_values, rows, width),
+                                                           targets.rows(targets.returns, rows, width), hp.value_clip)
+            loss = loss + hp.value_coef * aggregate(value_loss, mask, hp.loss_aggregation, minibatch_tokens,
+                                                    minibatch_size)
+            totals["value_loss"] += float((value_loss.detach() * mask).sum())
+            totals["value_clip_frac"] += float((value_clipped * mask).sum())
         self.manual_backward(loss)
         count = float(mask.sum())
         totals["loss"] += float(loss.detach()) * count
@@ -276,8 +402,11 @@ class InferlModule(L.LightningModule):
         totals["tokens"] += count
 
     def keep_decoding(self, local_done: bool) -> bool:
-        """Under sharded training every rank must join each forward: decode until all ranks are done."""
-        if self.trainer is None or self.trainer.world_size == 1:
+        """Under FSDP2 every rank must join each forward of the sharded policy: decode until all ranks are done
+        (one all-reduce per decode step; DDP and one device need none)."""
+        from modules.logprobs import is_fsdp
+
+        if self._trainer is None or self.trainer.world_size == 1 or not is_fsdp(self.policy):
             return not local_done
         done = torch.tensor(float(local_done), device=self.device)
         return bool(self.trainer.strategy.reduce(done, reduce_op="min") < 1)
@@ -311,6 +440,10 @@ class InferlModule(L.LightningModule):
             metrics["train/maj@k"] = estimators.majority_at_k(groups.answer_ids, rewards, k).mean()
         if self.reference is not None:
             metrics["train/kl"] = stats["kl"]
+        if self.value_head is not None:
+            metrics["train/value_loss"] = stats["value_loss"]
+            metrics["train/value_clip_frac"] = stats["value_clip_frac"]
+            metrics["train/value_last"] = groups.values.mean()  # the critic at the last token
         sync = self.trainer.world_size > 1
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=sync)
         progress = {"reward": metrics["train/reward_mean"], f"pass@{k}": metrics["train/pass@k"],
@@ -360,7 +493,13 @@ class InferlModule(L.LightningModule):
                            finished=samples.finished.tolist())
 
     def any_rank(self, flag: bool) -> bool:
-        """True if `flag` is True on any process (a collective: every rank calls it)."""
+        """Whether another rank samples with the policy, for keeping sharded generation in step: under FSDP2, True if
+        `flag` is True on any process (a collective: every rank calls it); unsharded, nothing needs the ranks in step
+        (and a collective would hang a rank that has more batches than another): `flag` itself."""
+        from modules.logprobs import is_fsdp
+
+        if self.trainer.world_size == 1 or not is_fsdp(self.policy):
+            return flag
         return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="max") > 0)
 
     def eval_generator(self, batch_idx: int) -> torch.Generator:
@@ -417,7 +556,8 @@ class InferlModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("sampling_generator_states")
         if states is not None and self.generator is not None and self.global_rank < len(states):
-            self.generator.set_state(states[self.global_rank].cpu())
+            # a copy: set_state reads a row view of the [world, S] tensor from its storage's start (rank > 0 breaks)
+            self.generator.set_state(states[self.global_rank].cpu().clone())
 
 
 def samples_rows(samples: Samples, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -427,13 +567,6 @@ def samples_rows(samples: Samples, rows: Tensor) -> tuple[Tensor, Tensor, Tensor
     width = max(int(completion_mask.sum(-1).max()), 1)
     return (samples.prompt_ids[rows, first:], prompt_mask[:, first:], samples.completion_ids[rows, :width],
             completion_mask[:, :width])
-
-
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` in eval mode with gradients off (the KL reference)."""
-    reference = copy.deepcopy(model).eval()
-    reference.requires_grad_(False)
-    return reference
 
 
 def resolve_eval_ks(eval_ks: Sequence[int] | None, pass_k: int, val_samples: int) -> list[int]:
@@ -450,9 +583,17 @@ def resolve_eval_ks(eval_ks: Sequence[int] | None, pass_k: int, val_samples: int
 
 
 def check_settings(group_size: int, val_samples: int, pass_k: int, ppo_epochs: int, minibatches: int,
-                   micro_batch_size: int | None, kl_coef: float) -> None:
+                   micro_batch_size: int | None, kl_coef: float, reference: ReferenceChoice = "auto",
+                   lora: LoraParams | None = None, quantization: str | None = None) -> None:
     """Reject settings that cannot work, naming the key."""
     problems = []
+    try:
+        resolve_reference(reference, kl_coef, lora is not None)
+    except ValueError as error:
+        problems.append(str(error))
+    if quantization is not None and lora is None:
+        problems.append(f"model.policy quantization {quantization!r} freezes the policy's weights: set model.lora "
+                        "(e.g. {rank: 16}) to train LoRA adapters on them (QLoRA), or load the policy unquantized")
     if group_size < 2:
         problems.append(f"model.group_size must be >= 2 (leave-one-out baselines need two samples), got {group_size}")
     if not 1 <= pass_k <= min(group_size, val_samples):
@@ -464,5 +605,24 @@ def check_settings(group_size: int, val_samples: int, pass_k: int, ppo_epochs: i
         problems.append(f"model.micro_batch_size must be >= 1 or null, got {micro_batch_size}")
     if kl_coef < 0:
         problems.append(f"model.kl_coef must be >= 0, got {kl_coef}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def check_critic_settings(critic: str, value_coef: float, value_clip: float | None, gamma: float,
+                          gae_lambda: float, critic_quantization: str | None) -> None:
+    """Reject critic (PPO) settings that cannot work, naming the key."""
+    problems = []
+    if critic not in ("none", "shared", "separate"):
+        problems.append(f"model.critic must be none, shared or separate, got {critic!r}")
+    if critic == "separate" and critic_quantization is not None:
+        problems.append(f"model.critic: separate trains the critic's own weights, which a {critic_quantization} model "
+                        "cannot; set model.critic_source to an unquantized model or use critic: shared")
+    if value_coef < 0:
+        problems.append(f"model.value_coef must be >= 0, got {value_coef}")
+    if value_clip is not None and value_clip <= 0:
+        problems.append(f"model.value_clip must be > 0 or null (unclipped), got {value_clip}")
+    if not 0 <= gamma <= 1 or not 0 <= gae_lambda <= 1:
+        problems.append(f"model.gamma and model.gae_lambda must be in [0, 1], got {gamma} and {gae_lambda}")
     if problems:
         raise ConfigError("; ".join(problems))

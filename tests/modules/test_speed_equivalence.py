@@ -159,9 +159,9 @@ def test_on_policy_update_equals_recomputing_the_old_logprobs():
     captured = {}
     update = module.update
 
-    def capture(samples, advantages, ref_logprobs):
+    def capture(samples, advantages, *targets):
         captured.update(samples=samples, advantages=advantages.clone())
-        return update(samples, advantages, ref_logprobs)
+        return update(samples, advantages, *targets)
 
     module.update = capture
     trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

@@ -1,0 +1,99 @@
+"""PPO with a value head: the critic-free step is its zero-critic special case, micro-batching does not change the
+update, a separate critic trains only itself, and the critic's last-token value scores best-of-N."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from callbacks import BestOfN
+from callbacks.objective import Objective
+from fit_helpers import tiny_data, tiny_module
+from modules import ConfigError
+
+
+class FixedWeights(Objective):
+    """Seeded random weights [B, G], so that every step has a gradient whatever the rewards are."""
+
+    def weights(self, groups, step):
+        self.seen_values = groups.values
+        return torch.randn(groups.shape, generator=torch.Generator().manual_seed(step))
+
+
+def fit(module, steps: int, objective: Objective | None = None) -> Objective:
+    objective = objective or FixedWeights()
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[objective])
+    trainer.fit(module, datamodule=tiny_data())
+    return objective
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-6) -> None:
+    for (name, got), expected in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(got, expected, atol=atol, rtol=0), name
+
+
+def test_zero_initialised_critic_gives_the_critic_free_first_step():
+    # gamma = lambda = 1 and V = 0: GAE's advantage is the sequence weight at every token; the value loss cannot
+    # reach the trunk through a zero head, and Adam steps each parameter on its own gradient
+    plain = tiny_module(max_grad_norm=None)
+    ppo = tiny_module(max_grad_norm=None, critic="shared", gamma=1.0, gae_lambda=1.0)
+    fit(plain, 1)
+    fit(ppo, 1)
+    assert_same_weights(ppo.policy, plain.policy)
+    assert ppo.value_head.proj.weight.abs().sum() > 0  # the critic itself learned
+
+
+def test_micro_batched_ppo_update_equals_the_minibatch_update():
+    # plain SGD: Adam's first steps would amplify float rounding of near-zero gradients
+    whole, micro = (tiny_module(critic="shared", ppo_epochs=2, minibatches=2, micro_batch_size=size, kl_coef=0.1,
+                                whiten_advantages=True, optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
+                    for size in (None, 3))
+    fit(whole, 2)
+    fit(micro, 2)
+    assert_same_weights(micro.policy, whole.policy, atol=1e-5)
+    assert_same_weights(micro.value_head, whole.value_head, atol=1e-5)
+
+
+def test_separate_critic_trains_only_itself():
+    plain = tiny_module(max_grad_norm=None)
+    ppo = tiny_module(max_grad_norm=None, critic="separate", gamma=1.0, gae_lambda=1.0)
+    critic_before = {n: v.clone() for n, v in ppo.critic.state_dict().items()}
+    fit(plain, 1)
+    fit(ppo, 1)
+    assert_same_weights(ppo.policy, plain.policy)  # the value loss has its own trunk
+    changed = [n for n, v in ppo.critic.state_dict().items() if not torch.equal(v, critic_before[n])]
+    assert any(n.startswith("model.layers") for n in changed)  # the critic's trunk learned
+    assert "lm_head.weight" not in changed  # the critic's LM head is never used
+
+
+def test_value_head_scores_best_of_n():
+    module = tiny_module(critic="shared")
+    objective = fit(module, 2, BestOfN(k=2, score="value"))
+    assert math.isfinite(objective.metrics()["objective/value"])
+    assert module.last_rollout.weights.shape == (4, 4)
+
+    recorder = FixedWeights()
+    fit(tiny_module(critic="shared"), 1, recorder)
+    assert recorder.seen_values is not None and recorder.seen_values.shape == (4, 4)
+    with pytest.raises(ValueError, match="no value head"):
+        fit(tiny_module(), 1, BestOfN(k=2, score="value"))
+
+
+@pytest.mark.parametrize("settings, key", [({"value_clip": 0.0}, "model.value_clip"), ({"gamma": 1.5}, "model.gamma"),
+                                           ({"value_coef": -1.0}, "model.value_coef")])
+def test_bad_critic_settings_name_the_key(settings, key):
+    with pytest.raises(ConfigError, match=key):
+        tiny_module(critic="shared", **settings)
+
+
+def test_separate_critic_cannot_be_quantized():
+    from modules import TinyPolicy
+
+    with pytest.raises(ConfigError, match="model.critic_source"):
+        tiny_module(critic="separate", lora={"rank": 4}, policy=TinyPolicy(hidden_size=32, num_layers=2,
+                                                                            intermediate_size=64, quantization="4bit"))
