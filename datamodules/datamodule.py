@@ -12,17 +12,34 @@ from datamodules.stream import PromptStream
 from datamodules.tasks.base import Task
 
 
-class RecordBatches:
-    """Records in order, in batches (a list would read to Lightning as several dataloaders)."""
+class PaddingBatch(list):
+    """A batch that exists only so that every rank runs the same number of evaluation steps (sharded generation
+    needs all ranks in each decode step): it is rolled out when another rank samples, and never counted."""
 
-    def __init__(self, records: Sequence[PromptRecord], batch_size: int) -> None:
+
+class RecordBatches:
+    """Records in order, in batches (a list would read to Lightning as several dataloaders); padded with
+    `PaddingBatch`es of `filler` up to `num_batches`, so that every rank has as many batches."""
+
+    def __init__(self, records: Sequence[PromptRecord], batch_size: int, num_batches: int | None = None,
+                 filler: PromptRecord | None = None) -> None:
         self.batches = [list(records[i: i + batch_size]) for i in range(0, len(records), batch_size)]
+        while num_batches is not None and filler is not None and len(self.batches) < num_batches:
+            self.batches.append(PaddingBatch([filler]))
 
     def __iter__(self):
         return iter(self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def rank_batches(records: Sequence[PromptRecord], batch_size: int, rank: int, world_size: int) -> RecordBatches:
+    """Rank `rank`'s share of `records` (every world_size-th one: each record is on exactly one rank) in batches,
+    padded to rank 0's number of batches (rank 0 has the most records) so that every rank runs as many steps."""
+    most = -(-len(records) // world_size)
+    return RecordBatches(records[rank::world_size], batch_size, num_batches=-(-most // batch_size),
+                         filler=records[0] if records else None)
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -63,7 +80,7 @@ class PromptDataModule(L.LightningDataModule):
     def val_dataloader(self) -> RecordBatches:
         rank, world = self._rank_and_world()
         records = self.val_task.records[: self.val_limit] if self.val_task is not None else []
-        return RecordBatches(records[rank::world], self.val_batch_size)  # every record on exactly one rank
+        return rank_batches(records, self.val_batch_size, rank, world)
 
     test_dataloader = val_dataloader
     predict_dataloader = val_dataloader

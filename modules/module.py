@@ -12,19 +12,24 @@ from dataclasses import asdict, dataclass
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from callbacks import estimators
 from callbacks.objective import Groups, Objective
+from datamodules.datamodule import PaddingBatch
 from datamodules.records import PromptRecord, Verdict
+from modules.errors import ConfigError
 from modules.groups import to_groups
-from modules.logprobs import completion_hidden_states, head_logprobs, token_logprobs
+from modules.logprobs import completion_hidden_states, head_logprobs, is_fsdp, token_logprobs
 from modules.losses import (KLEstimator, LossAggregation, aggregate, clipped_policy_loss, clipped_value_loss, gae,
                             kl_penalty, terminal_rewards, whiten)
 from modules.metrics import EvalMetrics
 from modules.policy import LoraParams, PolicySource, apply_lora, enable_gradient_checkpointing
 from modules.reference import ReferenceChoice, make_reference, reference_model, resolve_reference
 from modules.sampler import Samples, SamplingParams, sample
+from modules.settings import check_critic_settings, check_settings, resolve_eval_ks
+from modules.sharding import check_optimizer, shard_models
 from modules.value_head import CriticKind, build_critic, last_token_values
 
 
@@ -58,10 +63,6 @@ class UpdateTargets:
     def rows(values: Tensor, rows: Tensor, width: int) -> Tensor:
         """`values` of a micro-batch: its rows, trimmed to its width when per token."""
         return values[rows] if values.dim() == 1 else values[rows, :width]
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the key and how to fix it."""
 
 
 def timed(name: str) -> Callable:
@@ -206,17 +207,11 @@ class InferlModule(L.LightningModule):
     def configure_model(self) -> None:
         """Under ModelParallelStrategy, shard the policy, reference, critic and value head with FSDP2
         (modules.sharding); nothing under DDP or on one device. Idempotent."""
-        from modules.sharding import shard_models
-
         shard_models(self)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer = self.make_optimizer([p for p in self.parameters() if p.requires_grad])  # policy, value head, critic
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
         if isinstance(self.trainer.strategy, ModelParallelStrategy):
-            from modules.sharding import check_optimizer
-
             check_optimizer(optimizer)  # 8-bit (bitsandbytes) optimizers cannot step DTensors
         return optimizer
 
@@ -404,8 +399,6 @@ class InferlModule(L.LightningModule):
     def keep_decoding(self, local_done: bool) -> bool:
         """Under FSDP2 every rank must join each forward of the sharded policy: decode until all ranks are done
         (one all-reduce per decode step; DDP and one device need none)."""
-        from modules.logprobs import is_fsdp
-
         if self._trainer is None or self.trainer.world_size == 1 or not is_fsdp(self.policy):
             return not local_done
         done = torch.tensor(float(local_done), device=self.device)
@@ -477,7 +470,8 @@ class InferlModule(L.LightningModule):
         """`val_samples` completions per prompt, verified and added to the metrics; returns them (for report
         callbacks), or None when every prompt of the batch was restored by restore_eval."""
         n = self.hparams.val_samples
-        todo = [record for record in batch if record.id not in self._eval_skip]
+        padding = isinstance(batch, PaddingBatch)  # a batch that only keeps this rank in step with the others
+        todo = [] if padding else [record for record in batch if record.id not in self._eval_skip]
         if not todo:
             # sharded generation needs every rank in each decode step: roll out (and drop) if another rank samples
             if self.trainer.world_size > 1 and self.any_rank(False):
@@ -496,8 +490,6 @@ class InferlModule(L.LightningModule):
         """Whether another rank samples with the policy, for keeping sharded generation in step: under FSDP2, True if
         `flag` is True on any process (a collective: every rank calls it); unsharded, nothing needs the ranks in step
         (and a collective would hang a rank that has more batches than another): `flag` itself."""
-        from modules.logprobs import is_fsdp
-
         if self.trainer.world_size == 1 or not is_fsdp(self.policy):
             return flag
         return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="max") > 0)
@@ -537,6 +529,8 @@ class InferlModule(L.LightningModule):
         [{id, completions, rewards, answers, scores, tokens, finished}]."""
         n = self.hparams.val_samples
         samples, texts = self.rollout(batch, n, self.val_sampling, generator=self.eval_generator(batch_idx))
+        if isinstance(batch, PaddingBatch):  # rolled out only to keep this rank in step with the others
+            return []
         verdicts = self.verify(batch, texts, n, stage="val")
         lengths, finished = samples.completion_lengths.tolist(), samples.finished.tolist()
         rows = []
@@ -567,62 +561,3 @@ def samples_rows(samples: Samples, rows: Tensor) -> tuple[Tensor, Tensor, Tensor
     width = max(int(completion_mask.sum(-1).max()), 1)
     return (samples.prompt_ids[rows, first:], prompt_mask[:, first:], samples.completion_ids[rows, :width],
             completion_mask[:, :width])
-
-
-def resolve_eval_ks(eval_ks: Sequence[int] | None, pass_k: int, val_samples: int) -> list[int]:
-    """The validation ks: `eval_ks` checked against val_samples (with 1 and pass_k added), or [1, pass_k] and the
-    powers of 2 up to val_samples."""
-    if eval_ks is None:
-        return sorted({1, pass_k} | {2**i for i in range(val_samples.bit_length()) if 2**i <= val_samples})
-    bad = [k for k in eval_ks if not 1 <= k <= val_samples]
-    if bad or not eval_ks:
-        raise ConfigError(f"model.eval_ks must be a non-empty list of ks between 1 and model.val_samples = "
-                          f"{val_samples} (unbiased pass@k needs n >= k samples), got {list(eval_ks)}; raise model.val_samples or "
-                          "drop the large ks")
-    return sorted({1, pass_k, *eval_ks})
-
-
-def check_settings(group_size: int, val_samples: int, pass_k: int, ppo_epochs: int, minibatches: int,
-                   micro_batch_size: int | None, kl_coef: float, reference: ReferenceChoice = "auto",
-                   lora: LoraParams | None = None, quantization: str | None = None) -> None:
-    """Reject settings that cannot work, naming the key."""
-    problems = []
-    try:
-        resolve_reference(reference, kl_coef, lora is not None)
-    except ValueError as error:
-        problems.append(str(error))
-    if quantization is not None and lora is None:
-        problems.append(f"model.policy quantization {quantization!r} freezes the policy's weights: set model.lora "
-                        "(e.g. {rank: 16}) to train LoRA adapters on them (QLoRA), or load the policy unquantized")
-    if group_size < 2:
-        problems.append(f"model.group_size must be >= 2 (leave-one-out baselines need two samples), got {group_size}")
-    if not 1 <= pass_k <= min(group_size, val_samples):
-        problems.append(f"model.pass_k must be between 1 and min(model.group_size, model.val_samples) = "
-                        f"{min(group_size, val_samples)} (unbiased pass@k needs n >= k samples), got {pass_k}")
-    if ppo_epochs < 1 or minibatches < 1:
-        problems.append("model.ppo_epochs and model.minibatches must be >= 1")
-    if micro_batch_size is not None and micro_batch_size < 1:
-        problems.append(f"model.micro_batch_size must be >= 1 or null, got {micro_batch_size}")
-    if kl_coef < 0:
-        problems.append(f"model.kl_coef must be >= 0, got {kl_coef}")
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
-def check_critic_settings(critic: str, value_coef: float, value_clip: float | None, gamma: float,
-                          gae_lambda: float, critic_quantization: str | None) -> None:
-    """Reject critic (PPO) settings that cannot work, naming the key."""
-    problems = []
-    if critic not in ("none", "shared", "separate"):
-        problems.append(f"model.critic must be none, shared or separate, got {critic!r}")
-    if critic == "separate" and critic_quantization is not None:
-        problems.append(f"model.critic: separate trains the critic's own weights, which a {critic_quantization} model "
-                        "cannot; set model.critic_source to an unquantized model or use critic: shared")
-    if value_coef < 0:
-        problems.append(f"model.value_coef must be >= 0, got {value_coef}")
-    if value_clip is not None and value_clip <= 0:
-        problems.append(f"model.value_clip must be > 0 or null (unclipped), got {value_clip}")
-    if not 0 <= gamma <= 1 or not 0 <= gae_lambda <= 1:
-        problems.append(f"model.gamma and model.gae_lambda must be in [0, 1], got {gamma} and {gae_lambda}")
-    if problems:
-        raise ConfigError("; ".join(problems))

@@ -32,6 +32,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
+from modules.errors import ConfigError
 from modules.logprobs import backbone_and_head
 
 
@@ -54,8 +55,6 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
 
 def check_shardable(model: nn.Module, key: str) -> None:
     """Reject quantized (bitsandbytes 4-/8-bit) weights: FSDP2 shards floating-point parameters only."""
-    from modules.module import ConfigError
-
     bad = [name for name, p in model.named_parameters()
            if not p.dtype.is_floating_point or type(p).__module__.split(".")[0] == "bitsandbytes"]
     if bad:
@@ -83,8 +82,6 @@ def shard_module(module: nn.Module, mesh) -> None:
 
 def shard_models(module) -> None:
     """Shard an InferlModule's models under ModelParallelStrategy (call from `configure_model`)."""
-    from modules.module import ConfigError
-
     if not isinstance(module.trainer.strategy, ModelParallelStrategy):
         return
     mesh = module.device_mesh
@@ -106,8 +103,6 @@ def shard_models(module) -> None:
 
 def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
     """Reject optimizers that cannot step DTensor parameters (bitsandbytes' 8-bit ones)."""
-    from modules.module import ConfigError
-
     kind = type(optimizer)
     if kind.__module__.split(".")[0] == "bitsandbytes":
         raise ConfigError(f"model.optimizer: {kind.__module__}.{kind.__name__} does not work with FSDP2 (sharded "

@@ -39,6 +39,9 @@ def build_critic(kind: CriticKind, source: PolicySource, policy: torch.nn.Module
         return None, ValueHead(hidden_size(policy))
     if kind == "separate":
         model = source.load_model()
+        head = model.get_output_embeddings()
+        if head is not None and head.weight is not model.get_input_embeddings().weight:
+            head.requires_grad_(False)  # the value head reads the trunk: an LM head with no gradient breaks DDP
         return model, ValueHead(hidden_size(model))
     raise ValueError(f"model.critic must be none, shared or separate, got {kind!r}")
 

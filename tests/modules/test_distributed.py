@@ -182,12 +182,13 @@ def test_cli_fit_validate_and_resume_with_the_fsdp_preset(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_validation_with_more_batches_on_one_rank(tmp_path):
-    # 3 prompts in batches of 1 on 2 ranks: rank 0 has 2 batches, rank 1 one. Unsharded, validation needs no
-    # collective per batch (any_rank is local), so this finishes; under FSDP2 it cannot (docs/scaling.md)
+@pytest.mark.parametrize("preset", ["ddp", "fsdp"])
+def test_validation_with_more_records_on_one_rank(tmp_path, preset):
+    # 3 prompts in batches of 1 on 2 ranks: rank 0 has 2 batches, rank 1 one real batch and one padding batch, so
+    # that sharded generation keeps both ranks in step (without the padding, FSDP2 hung here)
     config = small_demo(tmp_path, warm_start_steps=0, val_records=3, val_batch_size=1)
     result = subprocess.run([sys.executable, "-m", "app", "fit", "--config", str(config), "--config",
-                             "configs/trainer/ddp.yaml", "--trainer.devices", "2", "--trainer.max_steps", "1"],
+                             f"configs/trainer/{preset}.yaml", "--trainer.devices", "2", "--trainer.max_steps", "1"],
                             cwd=REPO, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT,
                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     assert result.returncode == 0, result.stderr[-6000:]

@@ -13,6 +13,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks import MeanReward, SampleTable, SupervisedWarmStart
+from datamodules.datamodule import RecordBatches
+from datamodules.records import PromptRecord
 from modules import ConfigError
 from fit_helpers import PromptLog, tiny_data, tiny_module, tiny_trainer
 from modules import TinyPolicy
@@ -108,3 +110,11 @@ class Snapshot(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.into.append(snapshot(pl_module.policy))
+
+
+def test_a_padding_batch_is_not_evaluated():
+    module = tiny_module()
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.validate(module, dataloaders=RecordBatches([], 1, num_batches=2, filler=PromptRecord(id="0", prompt="1+1=", reference="2")))
+    assert module.eval_results is None  # two batches ran, nothing was counted

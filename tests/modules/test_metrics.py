@@ -149,7 +149,8 @@ def test_ddp_reduction_over_two_processes_equals_one_process(tmp_path):
 
 
 def test_eval_ks_default_and_bad_values():
-    from modules.module import ConfigError, resolve_eval_ks
+    from modules.module import ConfigError
+    from modules.settings import resolve_eval_ks
 
     assert resolve_eval_ks(None, pass_k=4, val_samples=32) == [1, 2, 4, 8, 16, 32]
     assert resolve_eval_ks(None, pass_k=3, val_samples=12) == [1, 2, 3, 4, 8]
