@@ -14,14 +14,19 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from torch.distributed.checkpoint import FileSystemReader, load
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
+from transformers.utils import logging as transformers_logging
 
-from modules.module import ConfigError
+from modules.errors import ConfigError
 
 #: files a sharded (distributed) checkpoint directory has: Lightning's metadata and torch's index of the shards
 SHARDED_MARKERS = ("meta.pt", ".metadata")
@@ -107,7 +112,7 @@ def checkpoint_dirs(config: Namespace) -> list[str]:
     return [str(d) for d in dirs if d]
 
 
-def is_sharded(path: Path) -> bool:
+def is_sharded_checkpoint(path: Path) -> bool:
     return path.is_dir() and any((path / marker).is_file() for marker in SHARDED_MARKERS)
 
 
@@ -119,13 +124,13 @@ def resolve_checkpoint(ckpt_path: str, dirs: list[str]) -> Path:
             raise ExportError("--ckpt_path last looks in checkpoint.dirpath, which the config does not set; "
                               "pass the checkpoint's path")
         found = [p for d in dirs if os.path.isdir(d) for p in Path(d).iterdir()
-                 if p.suffix == ".ckpt" and p.name.startswith("last") and (p.is_file() or is_sharded(p))]
+                 if p.suffix == ".ckpt" and p.name.startswith("last") and (p.is_file() or is_sharded_checkpoint(p))]
         if not found:
             raise ExportError(f"--ckpt_path last: no last*.ckpt in {', '.join(dirs)} (checkpoint.dirpath); is this "
                               "the run's config? Otherwise pass the checkpoint's path")
         return max(found, key=lambda p: p.stat().st_mtime)
     path = Path(ckpt_path)
-    if path.is_file() or is_sharded(path):
+    if path.is_file() or is_sharded_checkpoint(path):
         return path
     if path.is_dir():
         raise ExportError(f"{path} is a directory but not a sharded checkpoint (no meta.pt or .metadata); pass a "
@@ -174,9 +179,6 @@ def read_checkpoint_file(path: Path, weights_only: bool = True) -> dict:
 def sharded_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict]:
     """The model tensors' (global) shapes in a torch distributed checkpoint directory, by module key, and
     Lightning's metadata (meta.pt: global step, loops, callbacks)."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
     try:
         entries = FileSystemReader(path).read_metadata().state_dict_metadata
     except Exception as error:
@@ -191,10 +193,6 @@ def sharded_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict]:
 def load_sharded(path: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors `like` names (saved key -> a tensor of its shape and dtype) from a torch distributed checkpoint,
     consolidated in this process without a process group."""
-    import warnings
-
-    from torch.distributed.checkpoint import load
-
     state = {key: torch.empty_like(tensor, device="cpu") for key, tensor in like.items()}
     with warnings.catch_warnings():  # "torch.distributed is ... uninitialized, assuming ... a single process": yes
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
@@ -256,8 +254,6 @@ def exportable_policy(policy: torch.nn.Module) -> torch.nn.Module:
 def export_module(module: torch.nn.Module, output: Path) -> None:
     """Write the module's policy (merged, with the run's generation settings) and tokenizer to `output`, whole or
     not at all: into a temporary folder beside it, then renamed into place."""
-    from transformers.utils import logging as transformers_logging
-
     partial = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -281,8 +277,6 @@ def export_module(module: torch.nn.Module, output: Path) -> None:
 
 def generation_settings(module: torch.nn.Module):
     """generation_config.json: the policy's, with the run's EOS / pad tokens and its validation sampling settings."""
-    from transformers import GenerationConfig
-
     policy, tokenizer, sampling = module.policy, module.tokenizer, module.val_sampling
     generation = copy.deepcopy(policy.generation_config) if policy.generation_config else \
         GenerationConfig.from_model_config(policy.config)
@@ -304,8 +298,6 @@ def check_tokenizer(tokenizer, folder: Path, output: Path) -> None:
     """Check that AutoTokenizer loads the saved tokenizer as the training one (same ids for the same text). It can
     not for a custom tokenizer on some model types: transformers then builds that type's own tokenizer (e.g.
     Qwen2Tokenizer for model_type qwen2, with its own pre-tokenizer); say so, and how to load it instead."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     if tokenizes_like(tokenizer, AutoTokenizer.from_pretrained(folder)):
         return
     loaded = PreTrainedTokenizerFast.from_pretrained(folder)

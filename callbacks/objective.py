@@ -24,7 +24,8 @@ class Groups:
     answer_ids: per-prompt answer class of each sample (equal ids = equivalent answers); -1 = unparsable.
     scores: a verifier's score per sample for best-of-N selection, or None when the task has none.
     costs: generated tokens per sample (the compute a sample spent).
-    values: the value head's prediction at the last token (a learned verifier), or None without a value head.
+    values: the critic's value at the last token (a learned verifier: it predicts the objective's weight, whose
+        order within a group follows predicted success), or None without a critic.
     """
 
     rewards: Tensor

@@ -171,8 +171,8 @@ class BestOfN(Objective):
 
     Args:
         k: N, the samples the verifier chooses from; the group size must be >= k.
-        score: "verifier" (the task's cheaper check, `Groups.scores`) or "value" (the value head's
-            final-token prediction of success, `Groups.values`; needs a value head).
+        score: "verifier" (the task's cheaper check, `Groups.scores`) or "value" (the critic's last-token value,
+            `Groups.values`, which predicts the objective's weight; needs `model.critic`).
         scale: "advantage" (default; the scale of MeanReward) or "sum" (the unbiased-sum U-statistic).
     """
 

@@ -19,11 +19,11 @@ the layers gather theirs in their own forwards, and gradients are reduce-scatter
 
 from __future__ import annotations
 
-import sys
 import types
 
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 from torch.utils.checkpoint import checkpoint
 
 
@@ -122,8 +122,9 @@ def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tens
 def _shares_prefix(model: torch.nn.Module) -> bool:
     """Whether the shared-prompt path can run: it needs a transformers model and its KV cache, which activation
     checkpointing (transformers' own, which drops the cache in training, or torch's wrapper, which would replay the
-    cache update) does not allow."""
-    if getattr(model, "config", None) is None:
+    cache update) does not allow. Nor does FSDP2: the path runs the trunk once or twice depending on the rows (shared
+    prompts, 1-token completions), and ranks whose forwards (each one all-gathers) differ in number deadlock."""
+    if getattr(model, "config", None) is None or is_fsdp(model):
         return False
     return not any(getattr(m, "gradient_checkpointing", False) is True or "CheckpointWrapper" in type(m).__name__
                    for m in model.modules())
@@ -144,9 +145,7 @@ def select_cache_rows(cache, rows: Tensor) -> None:
 
 def is_fsdp(model: torch.nn.Module) -> bool:
     """True if `model` is an FSDP2 unit (`fully_shard` was applied to it, see modules.sharding)."""
-    fsdp = sys.modules.get("torch.distributed.fsdp")  # never imported: nothing can be sharded
-    kind = getattr(fsdp, "FSDPModule", None)
-    return kind is not None and isinstance(model, kind)
+    return isinstance(model, FSDPModule)
 
 
 def _call(self, fn, *args):
@@ -158,8 +157,6 @@ def in_root_forward(model: torch.nn.Module, fn, *args):
     gathered around the call; after a no-grad call they are resharded at once (no backward will do it)."""
     run = model.__dict__.get("_inferl_forward")
     if run is None:
-        from torch.distributed.fsdp import register_fsdp_forward_method
-
         model.__dict__["_inferl_forward"] = types.MethodType(_call, model)
         register_fsdp_forward_method(model, "_inferl_forward")
         run = model.__dict__["_inferl_forward"]

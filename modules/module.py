@@ -152,6 +152,8 @@ class InferlModule(L.LightningModule):
                        reference, lora, getattr(policy, "quantization", None))
         self.eval_ks = resolve_eval_ks(eval_ks, pass_k, val_samples)
         self.automatic_optimization = False
+        check_critic_settings(critic, value_coef, value_clip, gamma, gae_lambda,
+                              getattr(critic_source or policy, "quantization", None), critic_source is not None)
         self.policy_source = policy
         self.tokenizer = policy.load_tokenizer()
         self.policy = policy.load_model()
@@ -162,9 +164,7 @@ class InferlModule(L.LightningModule):
         self.hparams.update(lora=None if lora is None else asdict(lora))
         self.reference_kind = resolve_reference(reference, kl_coef, lora is not None)
         self.reference = make_reference(self.policy, self.reference_kind)  # a frozen model, AdapterReference or None
-        check_critic_settings(critic, value_coef, value_clip, gamma, gae_lambda,
-                              getattr(critic_source or policy, "quantization", None))
-        self.critic, self.value_head = build_critic(critic, critic_source or policy, self.policy)
+        self.critic, self.value_head = build_critic(critic, critic_source or policy, self.policy, self.tokenizer)
         self.sampling = sampling or SamplingParams()
         self.val_sampling = val_sampling or self.sampling
         self.hparams.update(sampling=asdict(self.sampling), val_sampling=asdict(self.val_sampling))
@@ -238,8 +238,9 @@ class InferlModule(L.LightningModule):
         verifying = self.background.submit(self.verify, batch, texts, samples.group_size, stage="train")
         ref_logprobs = self.reference_logprobs(samples)  # on the accelerator while the verifiers run on CPU
         old_logprobs, old_values = self.old_outputs(samples)
+        final_values = self.final_values(old_values, samples)
         verdicts = verifying.result()
-        groups = to_groups(verdicts, samples.completion_lengths, samples.group_size, self.final_values(old_values, samples))
+        groups = to_groups(verdicts, samples.completion_lengths, samples.group_size, final_values)
         weights = self.weigh(groups)
         advantages, returns = self.advantages(weights.flatten(), old_values, samples.completion_mask)
         stats = self.update(samples, advantages, returns, old_logprobs, old_values, ref_logprobs)
@@ -528,6 +529,8 @@ class InferlModule(L.LightningModule):
         """`val_samples` completions per prompt with their verdicts:
         [{id, completions, rewards, answers, scores, tokens, finished}]."""
         n = self.hparams.val_samples
+        if isinstance(batch, PaddingBatch) and not is_fsdp(self.policy):
+            return []  # a batch only there to keep sharded generation in step; unsharded, nothing to keep in step
         samples, texts = self.rollout(batch, n, self.val_sampling, generator=self.eval_generator(batch_idx))
         if isinstance(batch, PaddingBatch):  # rolled out only to keep this rank in step with the others
             return []

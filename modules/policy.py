@@ -14,6 +14,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel,
                           PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config)
 
+from modules.errors import ConfigError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: bitsandbytes weight quantization: LLM.int8 ("8bit") or NF4 ("4bit"); the weights are frozen either way
@@ -194,9 +196,9 @@ class LoraParams:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"model.lora.rank must be >= 1, got {self.rank}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
 
 
 def optional_import(name: str, feature: str, extra: str):

@@ -50,16 +50,18 @@ def check_settings(group_size: int, val_samples: int, pass_k: int, ppo_epochs: i
 
 
 def check_critic_settings(critic: str, value_coef: float, value_clip: float | None, gamma: float,
-                          gae_lambda: float, critic_quantization: str | None) -> None:
-    """Reject critic (PPO) settings that cannot work, naming the key."""
+                          gae_lambda: float, critic_quantization: str | None, has_critic_source: bool) -> None:
+    """Reject critic (PPO) settings that cannot work or would be silently ignored, naming the key."""
     problems = []
-    if critic not in ("none", "shared", "separate"):
-        problems.append(f"model.critic must be none, shared or separate, got {critic!r}")
+    if has_critic_source and critic != "separate":
+        problems.append(f"model.critic_source is only used with model.critic: separate (got critic: {critic}); "
+                        "remove it or set critic: separate")
+    if critic != "none" and value_coef <= 0:
+        problems.append(f"model.value_coef must be > 0 with a critic (it would never train, and the advantages "
+                        f"would stay those of V = 0), got {value_coef}")
     if critic == "separate" and critic_quantization is not None:
         problems.append(f"model.critic: separate trains the critic's own weights, which a {critic_quantization} model "
                         "cannot; set model.critic_source to an unquantized model or use critic: shared")
-    if value_coef < 0:
-        problems.append(f"model.value_coef must be >= 0, got {value_coef}")
     if value_clip is not None and value_clip <= 0:
         problems.append(f"model.value_clip must be > 0 or null (unclipped), got {value_clip}")
     if not 0 <= gamma <= 1 or not 0 <= gae_lambda <= 1:

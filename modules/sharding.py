@@ -30,15 +30,10 @@ import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import fully_shard
 
 from modules.errors import ConfigError
-from modules.logprobs import backbone_and_head
-
-
-def is_sharded(module: Any) -> bool:
-    """True if `fully_shard` was applied to `module` (its parameters are DTensors)."""
-    return isinstance(module, FSDPModule)
+from modules.logprobs import backbone_and_head, is_fsdp
 
 
 def layer_modules(model: nn.Module) -> list[nn.Module]:
@@ -65,18 +60,18 @@ def check_shardable(model: nn.Module, key: str) -> None:
 
 def shard_causal_lm(model: nn.Module, mesh, key: str = "model.policy") -> None:
     """`fully_shard` each decoder layer, then the root (embeddings, final norm, LM head). Idempotent."""
-    if is_sharded(model):
+    if is_fsdp(model):
         return
     check_shardable(model, key)
     for layer in layer_modules(model):
-        if not is_sharded(layer):
+        if not is_fsdp(layer):
             fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
 
 
 def shard_module(module: nn.Module, mesh) -> None:
     """`fully_shard` a small module (a value head) as one unit, if it has parameters. Idempotent."""
-    if not is_sharded(module) and any(True for _ in module.parameters()):
+    if not is_fsdp(module) and any(True for _ in module.parameters()):
         fully_shard(module, mesh=mesh)
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from modules.errors import ConfigError
 from modules.policy import PolicySource
 
 CriticKind = Literal["none", "shared", "separate"]
@@ -16,7 +17,8 @@ CriticKind = Literal["none", "shared", "separate"]
 class ValueHead(torch.nn.Module):
     """V(s_t) [N, L] from the hidden states [N, L, H] that predict each completion token (state before token t).
 
-    Starts at zero (weight and bias), so the first advantages are the objective's weights, as without a critic.
+    Starts at zero (weight and bias): the first GAE advantages are then gamma^i lambda^i times the objective's
+    weight at i tokens before the end (the weight itself at every token for gamma = lambda = 1, as without a critic).
     """
 
     def __init__(self, hidden_size: int) -> None:
@@ -29,21 +31,25 @@ class ValueHead(torch.nn.Module):
         return self.proj(hidden.to(self.proj.weight.dtype)).squeeze(-1).float()
 
 
-def build_critic(kind: CriticKind, source: PolicySource, policy: torch.nn.Module
+def build_critic(kind: CriticKind, source: PolicySource, policy: torch.nn.Module, tokenizer
                  ) -> tuple[torch.nn.Module | None, ValueHead | None]:
     """(separate critic model or None, value head or None) for `model.critic`: "none" (critic-free: the objective's
-    weights are the advantages), "shared" (a head on the policy's trunk), "separate" (a head on its own model)."""
+    weights are the advantages), "shared" (a head on the policy's trunk), "separate" (a head on its own model, which
+    reads the policy's token ids, so it must have the policy's tokenizer)."""
     if kind == "none":
         return None, None
     if kind == "shared":
         return None, ValueHead(hidden_size(policy))
     if kind == "separate":
+        if source.load_tokenizer().get_vocab() != tokenizer.get_vocab():
+            raise ConfigError("model.critic_source has another tokenizer than model.policy: the critic reads the "
+                              "policy's token ids; use a critic model with the policy's tokenizer")
         model = source.load_model()
         head = model.get_output_embeddings()
         if head is not None and head.weight is not model.get_input_embeddings().weight:
             head.requires_grad_(False)  # the value head reads the trunk: an LM head with no gradient breaks DDP
         return model, ValueHead(hidden_size(model))
-    raise ValueError(f"model.critic must be none, shared or separate, got {kind!r}")
+    raise ConfigError(f"model.critic must be none, shared or separate, got {kind!r}")
 
 
 def hidden_size(model: torch.nn.Module) -> int:

@@ -1,10 +1,11 @@
 """FSDP2 checks in 2 CPU processes (gloo), without Lightning: `python tests/modules/fsdp_checks.py OUT.json`.
 
 Each rank shards a tiny policy with modules.sharding.shard_causal_lm and
-1. computes the log-probs of its half of a batch through each public function of modules.logprobs (with and
-   without the shared-prompt path, split into hidden states + head or in one call), backward, and compares values
-   and gathered gradients with one process's on the whole batch (the gradient of the mean of the two halves'
-   losses, as FSDP2 averages over ranks);
+1. computes the log-probs of its half of a batch through each public function of modules.logprobs (split into
+   hidden states + head or in one call; the sharded model always takes the plain path, see
+   logprobs._shares_prefix), backward, and compares values and gathered gradients with one process's on the
+   whole batch, with and without the shared-prompt path (the gradient of the mean of the two halves' losses, as
+   FSDP2 averages over ranks);
 2. samples with modules.sampler.sample where rank 0's completions all end at their first token and rank 1's run
    to max_new_tokens, with `keep_going` reducing "done" over ranks (InferlModule.keep_decoding): it must not hang;
 3. runs a no-grad call (the reference path) and checks the root is resharded after it;
@@ -116,7 +117,8 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     from types import SimpleNamespace
 
     from fit_helpers import tiny_module
-    from modules.sharding import FSDP2Strategy, is_sharded
+    from modules.logprobs import is_fsdp as is_sharded
+    from modules.sharding import FSDP2Strategy
 
     module = tiny_module(kl_coef=0.1)
     module.critic = source.load_model()

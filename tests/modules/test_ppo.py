@@ -12,7 +12,7 @@ import torch
 from callbacks import BestOfN
 from callbacks.objective import Objective
 from fit_helpers import tiny_data, tiny_module
-from modules import ConfigError
+from modules import ConfigError, TinyPolicy
 
 
 class FixedWeights(Objective):
@@ -84,16 +84,19 @@ def test_value_head_scores_best_of_n():
         fit(tiny_module(), 1, BestOfN(k=2, score="value"))
 
 
-@pytest.mark.parametrize("settings, key", [({"value_clip": 0.0}, "model.value_clip"), ({"gamma": 1.5}, "model.gamma"),
-                                           ({"value_coef": -1.0}, "model.value_coef")])
+@pytest.mark.parametrize("settings, key", [
+    ({"critic": "shared", "value_clip": 0.0}, "model.value_clip"),
+    ({"critic": "shared", "gamma": 1.5}, "model.gamma"),
+    ({"critic": "shared", "value_coef": 0.0}, "model.value_coef"),
+    ({"critic": "shared", "critic_source": TinyPolicy()}, "model.critic_source"),
+    ({"critic": "separate", "critic_source": TinyPolicy(alphabet=None)}, "model.critic_source"),
+])
 def test_bad_critic_settings_name_the_key(settings, key):
     with pytest.raises(ConfigError, match=key):
-        tiny_module(critic="shared", **settings)
+        tiny_module(**settings)
 
 
 def test_separate_critic_cannot_be_quantized():
-    from modules import TinyPolicy
-
     with pytest.raises(ConfigError, match="model.critic_source"):
         tiny_module(critic="separate", lora={"rank": 4}, policy=TinyPolicy(hidden_size=32, num_layers=2,
                                                                             intermediate_size=64, quantization="4bit"))

@@ -3,6 +3,7 @@ it."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +27,8 @@ class ValPassAt1(L.Callback):
 
 
 @pytest.mark.slow
-def test_ppo_raises_val_pass_at_1_on_the_demo(tmp_path):
+def test_ppo_raises_val_pass_at_1_on_the_demo(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["inferl"])  # pytest's own arguments are not the CLI's
     cli = InferlCLI(InferlModule, PromptDataModule, run=False, auto_configure_optimizers=False,
                     save_config_callback=None, args=[
         "--config", str(CONFIG), "--trainer.max_steps", "200", "--trainer.val_check_interval", "200",
