@@ -363,7 +363,8 @@ class InferlModule(L.LightningModule):
                 # so that one trainer step is one RL step (max_steps, val_check_interval and checkpoints count those)
                 optimizer.step() if last else optimizer.optimizer.step()
         tokens = max(totals.pop("tokens"), 1.0)
-        return {name: value / tokens for name, value in totals.items()}
+        loss = totals.pop("loss") / (hp.ppo_epochs * hp.minibatches)  # the mean minibatch loss
+        return {"loss": loss, **{name: value / tokens for name, value in totals.items()}}
 
     def micro_step(self, samples: Samples, rows: Tensor, targets: UpdateTargets, minibatch_tokens: float,
                    minibatch_size: int, totals: dict[str, float]) -> None:
@@ -392,7 +393,7 @@ class InferlModule(L.LightningModule):
             totals["value_clip_frac"] += float((value_clipped * mask).sum())
         self.manual_backward(loss)
         count = float(mask.sum())
-        totals["loss"] += float(loss.detach()) * count
+        totals["loss"] += float(loss.detach())  # this micro-batch's share of its minibatch's loss
         totals["entropy"] += float((entropy * mask).sum())
         totals["clip_frac"] += float((clipped * mask).sum())
         totals["tokens"] += count

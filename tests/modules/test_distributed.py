@@ -126,9 +126,12 @@ def test_ddp_fit_equals_one_process_checkpoints_and_resumes(tmp_path, single_kl)
 
 
 @pytest.mark.slow
-def test_fsdp2_with_a_shared_value_head_equals_one_process(tmp_path):
-    single = single_process(tmp_path / "single", 4, critic="shared", kl_coef=0.1)
-    first, resumed = fit_and_resume("fsdp", tmp_path / "fsdp", {"critic": "shared", "kl_coef": 0.1})
+def test_fsdp2_with_a_shared_value_head_and_micro_batches_equals_one_process(tmp_path):
+    # micro-batches of 3 sorted by length mix the ranks' prompts differently: the log-prob path must still run the
+    # same number of sharded forwards on every rank (it did not when the shared-prompt path was on under FSDP2)
+    settings = {"critic": "shared", "kl_coef": 0.1, "micro_batch_size": 3}
+    single = single_process(tmp_path / "single", 4, **settings)
+    first, resumed = fit_and_resume("fsdp", tmp_path / "fsdp", settings)
     check_equals_single(*single, first, resumed, tmp_path / "fsdp", "FSDP2Strategy")
 
 

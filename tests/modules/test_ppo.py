@@ -100,3 +100,17 @@ def test_separate_critic_cannot_be_quantized():
     with pytest.raises(ConfigError, match="model.critic_source"):
         tiny_module(critic="separate", lora={"rank": 4}, policy=TinyPolicy(hidden_size=32, num_layers=2,
                                                                             intermediate_size=64, quantization="4bit"))
+
+
+def test_logged_losses_do_not_depend_on_micro_batching():
+    logged = []
+    for size in (None, 3):
+        module = tiny_module(critic="shared", minibatches=2, micro_batch_size=size,
+                             optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+        trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                            limit_val_batches=0, callbacks=[FixedWeights()])
+        trainer.fit(module, datamodule=tiny_data())
+        logged.append({name: float(trainer.callback_metrics[name]) for name in ("train/loss", "train/value_loss")})
+    assert abs(logged[0]["train/loss"]) > 1e-3
+    assert logged[1] == pytest.approx(logged[0], abs=1e-6)
