@@ -164,7 +164,7 @@ class InferlModule(L.LightningModule):
         self.hparams.update(lora=None if lora is None else asdict(lora))
         self.reference_kind = resolve_reference(reference, kl_coef, lora is not None)
         self.reference = make_reference(self.policy, self.reference_kind)  # a frozen model, AdapterReference or None
-        self.critic, self.value_head = build_critic(critic, critic_source or policy, self.policy, self.tokenizer)
+        self.critic, self.value_head = build_critic(critic, critic_source, policy, self.policy, self.tokenizer)
         self.sampling = sampling or SamplingParams()
         self.val_sampling = val_sampling or self.sampling
         self.hparams.update(sampling=asdict(self.sampling), val_sampling=asdict(self.val_sampling))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -28,7 +28,7 @@ ReferenceKind = Literal["copy", "8bit", "4bit", "adapters"]
 def resolve_reference(choice: ReferenceChoice, kl_coef: float, lora: bool) -> ReferenceKind | None:
     """The reference to make: None when kl_coef is 0; "auto" -> "adapters" with LoRA, else "copy". Raises ValueError
     (naming the key) for a choice that cannot work."""
-    if choice not in ("auto", "copy", "8bit", "4bit", "adapters"):
+    if choice not in get_args(ReferenceChoice):
         raise ValueError(f"model.reference must be auto, copy, 8bit, 4bit or adapters, got {choice!r}")
     if choice == "adapters" and not lora:
         raise ValueError("model.reference: adapters needs LoRA training (set model.lora, e.g. {rank: 16}); without "
