@@ -34,7 +34,8 @@ SHARDED_MARKERS = ("meta.pt", ".metadata")
 WRAPPER_INFIXES = ("._checkpoint_wrapped_module", "._orig_mod")
 #: model settings export overrides: it writes the policy only, so no frozen reference copy, no separate critic, and
 #: no training-only settings
-SKELETON_OVERRIDES = {"kl_coef": 0.0, "critic": "none", "gradient_checkpointing": False}
+SKELETON_OVERRIDES = {"kl.coef": 0.0, "critic.kind": "none", "critic.model": None,
+                      "memory.gradient_checkpointing": False}
 
 
 class ExportError(ConfigError):
@@ -50,8 +51,8 @@ class ExportSubcommand:
         return {**LightningCLI.subcommands(), "export": set()}
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        # LightningCLI's loop, where a subcommand's arguments come from the Trainer method of that name; export's
-        # come from this class's method
+        # private, as LightningCLI has no public hook for a subcommand that is not a Trainer method: its loop, where
+        # a subcommand's arguments come from the Trainer method of that name; export's come from this class's method
         self._subcommand_parsers = {}
         subcommands = parser.add_subcommands()
         for name in self.subcommands():
@@ -62,7 +63,8 @@ class ExportSubcommand:
             subcommands.add_subcommand(name, self._subcommand_parsers[name], help=description)
 
     def _parse_ckpt_path(self) -> None:
-        if self.config.get("subcommand") != "export":  # export takes the model's settings from the config only
+        # private (no public switch): export takes the model's settings from the run's config, not the checkpoint's
+        if self.config.get("subcommand") != "export":
             super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
@@ -72,6 +74,7 @@ class ExportSubcommand:
         self.config_init, self.model, self.datamodule, self.trainer = self.config, None, None, None
 
     def _run_subcommand(self, subcommand: str) -> None:
+        # private (no public hook): LightningCLI runs `trainer.<subcommand>`; export runs without a Trainer
         if subcommand != "export":
             return super()._run_subcommand(subcommand)
         config = self.config["export"]
@@ -168,7 +171,7 @@ def unwrap(key: str) -> str:
 def read_checkpoint_file(path: Path, weights_only: bool = True) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except Exception as error:  # not a torch file, truncated, or holding objects beyond plain tensors and types
+    except Exception as error:  # noqa: BLE001 - not a torch file, truncated, or holding objects beyond plain tensors and types
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ExportError(f"{path} cannot be read as a checkpoint ({type(error).__name__}: {first[:200]})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
@@ -181,7 +184,7 @@ def sharded_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict]:
     Lightning's metadata (meta.pt: global step, loops, callbacks)."""
     try:
         entries = FileSystemReader(path).read_metadata().state_dict_metadata
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - any unreadable directory: one line naming it
         raise ExportError(f"{path} cannot be read as a sharded checkpoint ({type(error).__name__}: {error})") from None
     shapes = {key.removeprefix("state_dict."): tuple(entry.size) for key, entry in entries.items()
               if key.startswith("state_dict.") and isinstance(entry, TensorStorageMetadata)}
@@ -277,7 +280,7 @@ def export_module(module: torch.nn.Module, output: Path) -> None:
 
 def generation_settings(module: torch.nn.Module):
     """generation_config.json: the policy's, with the run's EOS / pad tokens and its validation sampling settings."""
-    policy, tokenizer, sampling = module.policy, module.tokenizer, module.val_sampling
+    policy, tokenizer, sampling = module.policy, module.tokenizer, module.evaluation.sampling
     generation = copy.deepcopy(policy.generation_config) if policy.generation_config else \
         GenerationConfig.from_model_config(policy.config)
     eos = module.eos_token_ids()
@@ -323,7 +326,7 @@ def tokenizes_like(reference, tokenizer) -> bool:
     try:
         texts.append(reference.apply_chat_template([{"role": "user", "content": text[:64]}], tokenize=False,
                                                    add_generation_prompt=True))
-    except Exception:  # no chat template, or one that wants other messages: the texts above still tell
+    except Exception:  # noqa: BLE001 - no chat template, or one that wants other messages: the texts above still tell
         pass
     return all(reference(t).input_ids == tokenizer(t).input_ids for t in texts)
 

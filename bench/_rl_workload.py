@@ -81,6 +81,22 @@ def build(folder: str | Path, hidden: int = 256, layers: int = 6, intermediate: 
             "params": sum(p.numel() for p in model.parameters())}
 
 
+def pretrained(folder: str | Path) -> dict:
+    """A pretrained model in a plain Hugging Face folder (weights and tokenizer together, e.g. SmolLM2-135M-Instruct
+    converted by scripts/setup.sh): {"model", "tokenizer", "vocab", "params"} as `build` returns."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"{folder} has no config.json: run `bash scripts/setup.sh` (it converts SmolLM2-135M-Instruct "
+                         "into models/) or pass --model-path")
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):  # tied embeddings are one parameter, counted once
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    return {"model": str(folder), "tokenizer": str(folder), "vocab": len(load_tokenizer(str(folder))),
+            "params": params}
+
+
 def load_tokenizer(path: str):
     from transformers import PreTrainedTokenizerFast
 

@@ -51,7 +51,8 @@ def read_tensorboard(path: str, step: str) -> tuple[Series, str]:
         raise SystemExit(f"{path}: no estimates at step {chosen}; logged steps: {steps}")
     series = curves({tag: by_step[chosen] for tag, by_step in points.items() if chosen in by_step})
     if len(series.get("pass", {})) < 2:
-        print(f"{path}: only pass@1 at step {chosen} (a run logged before eval_ks existed?): one point", file=sys.stderr)
+        print(f"{path}: only pass@1 at step {chosen} (a run logged before eval_ks existed?): one point",
+              file=sys.stderr)
     return series, f"TensorBoard, step {chosen}"
 
 

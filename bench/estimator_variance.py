@@ -32,7 +32,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.estimators import (  # noqa: E402
+from callbacks.estimators import (
     bon_at_k,
     bon_weights,
     chen_passk_weights,
@@ -93,7 +93,7 @@ def table(theta: Tensor, k: int, g: int, draws: int, value: Value, estimators: d
                     f"{float(mean @ exact) / float(exact @ exact):.3f} | {tr_cov:.3e} | "
                     f"{tr_cov / float(mean.norm()) ** 2:.2f} |")
     return ["| estimator | rel. bias | bias z | cos | scale | tr Cov | 1/SNR |",
-            "|---|---:|---:|---:|---:|---:|---:|"] + rows
+            "|---|---:|---:|---:|---:|---:|---:|", *rows]
 
 
 def passk_estimators(reward: Tensor, binary: bool) -> tuple[Value, dict[str, Weights]]:

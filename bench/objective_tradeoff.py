@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from learning_curve import read_scalars  # noqa: E402
+from learning_curve import read_scalars
 
 TAGS = ["val/pass@1", "val/pass@k", "val/maj@k"]
 
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/tradeoff")
     args = parser.parse_args()
     table = {config: [run(config, seed, args.out) for seed in args.seeds] for config in args.configs}
-    print(f"\n| objective config | " + " | ".join(TAGS) + " |")
+    print("\n| objective config | " + " | ".join(TAGS) + " |")
     print("|---|" + "---:|" * len(TAGS))
     for config, finals in table.items():
         cells = []

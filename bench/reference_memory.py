@@ -23,10 +23,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from modules import InferlModule, LoraParams, PolicySource, SamplingParams, TinyPolicy  # noqa: E402
-from modules.policy import DTYPES  # noqa: E402
-from modules.reference import weight_bytes  # noqa: E402
-from modules.sampler import Samples  # noqa: E402
+from datamodules.types import Samples
+from modules import (
+    EvalSettings,
+    GroupSettings,
+    InferlModule,
+    KLSettings,
+    LoraParams,
+    MemorySettings,
+    PolicySource,
+    SamplingParams,
+    TinyPolicy,
+)
+from modules.policy import DTYPES
+from modules.reference import weight_bytes
 
 
 class BenchPolicy(PolicySource):
@@ -91,13 +101,14 @@ def main() -> None:
         ("reference: 8bit", None, "8bit", None, 0.1),
         ("reference: 4bit", None, "4bit", None, 0.1),
         (f"lora (rank {args.lora_rank}), reference: adapters", None, "adapters", lora, 0.1),
-        (f"QLoRA: 4-bit policy + lora, reference: adapters", "4bit", "adapters", lora, 0.1),
+        ("QLoRA: 4-bit policy + lora, reference: adapters", "4bit", "adapters", lora, 0.1),
     ]
     rows, policy_bytes = [], None
     for name, quantization, reference, lora_params, kl_coef in setups:
-        module = InferlModule(BenchPolicy(args.dtype, quantization, **sizes), group_size=4, val_samples=4, pass_k=2,
-                              sampling=SamplingParams(max_new_tokens=8), reference=reference, lora=lora_params,
-                              kl_coef=kl_coef)
+        module = InferlModule(BenchPolicy(args.dtype, quantization, **sizes),
+                              group=GroupSettings(size=4, sampling=SamplingParams(max_new_tokens=8)),
+                              kl=KLSettings(reference=reference, coef=kl_coef),
+                              evaluation=EvalSettings(samples=4, pass_k=2), memory=MemorySettings(lora=lora_params))
         if policy_bytes is None:
             policy_bytes = weight_bytes(module.policy)
             params = sum(p.numel() for p in module.policy.parameters())

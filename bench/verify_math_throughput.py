@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from datamodules.math_answers import (  # noqa: E402
+from datamodules.math.answers import (  # noqa: E402
     analyse_answer,
     check_equivalence,
     math_verify_only,

@@ -13,24 +13,27 @@ rich table on the console.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
-from datamodules.records import DataError, Verdict
+from datamodules.records import DataError
+from datamodules.types import Verdict
 
 log = logging.getLogger(__name__)
 
 SAMPLES = "samples.jsonl"
 METRICS = "metrics.json"
 PLOT = "curves.png"
-FAMILIES = ("pass", "maj", "bon")
+FAMILIES = ("pass", "maj", "bon", "pass^", "bom")
 
 
 def samples_name(rank: int, world_size: int) -> str:
@@ -59,7 +62,8 @@ def complete_prompts(rows: Iterable[dict[str, Any]], n: int) -> dict[str, list[d
     for row in rows:
         if row.get("n") != n:
             raise DataError(f"EvalReport: the samples file holds samples drawn with n = {row.get('n')} per prompt, "
-                             f"this run draws model.val_samples = {n}; use another dirpath or remove the old report")
+                             f"this run draws model.evaluation.samples = {n}; use another dirpath or remove the old "
+                             "report")
         by_prompt.setdefault(str(row["prompt_id"]), {})[int(row["sample"])] = row
     return {pid: [samples[j] for j in range(n)] for pid, samples in by_prompt.items() if set(samples) == set(range(n))}
 
@@ -76,20 +80,25 @@ def curves(metrics: dict[str, float]) -> dict[str, dict[int, float]]:
     """{family: {k: value}} from names such as "test/pass@4" (the literal "pass@k" entries are left out)."""
     out: dict[str, dict[int, float]] = {}
     for name, value in metrics.items():
-        match = re.fullmatch(r"(?:\w+/)?(pass|maj|bon)@(\d+)", name)
+        match = re.fullmatch(r"(?:\w+/)?(pass@|maj@|bon@|bom@|pass\^)(\d+)", name)
         if match:
-            out.setdefault(match[1], {})[int(match[2])] = value
+            out.setdefault(match[1].rstrip("@"), {})[int(match[2])] = value
     return {family: dict(sorted(points.items())) for family, points in out.items()}
+
+
+def column(family: str) -> str:
+    """The family's name with k: "pass@k", "pass^k"."""
+    return f"{family}k" if family.endswith("^") else f"{family}@k"
 
 
 def plot_curves(axes, series: dict[str, dict[int, float]], label: str = "", **style) -> None:
     """Draw {family: {k: value}} on matplotlib axes with a log2 k axis; `label` prefixes the legend entries."""
-    markers = {"pass": "o", "maj": "s", "bon": "^"}
+    markers = {"pass": "o", "maj": "s", "bon": "^", "pass^": "v", "bom": "D"}
     ks = sorted({k for points in series.values() for k in points})
     for family in FAMILIES:
         points = series.get(family)
         if points:
-            name = f"{label} {family}@k".strip()
+            name = f"{label} {column(family)}".strip()
             axes.plot(list(points), list(points.values()), marker=markers[family], label=name, **style)
     axes.set_xscale("log", base=2)
     if ks:
@@ -112,7 +121,7 @@ def write_plot(path: str, report: dict[str, Any]) -> None:
     left.set_title(f"{report['stage']}: {report['prompts']} prompts, n = {report['n']} samples each")
     histogram = report["solve_rate_histogram"]
     edges, counts = histogram["edges"], histogram["counts"]
-    right.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges, edges[1:])], align="edge", edgecolor="black")
+    right.bar(edges[:-1], counts, width=[b - a for a, b in itertools.pairwise(edges)], align="edge", edgecolor="black")
     right.set_xlabel("solve rate (fraction of a prompt's samples right)")
     right.set_ylabel("prompts")
     right.set_title(f"never solved {histogram['never']:g}, always solved {histogram['always']:g}")
@@ -123,7 +132,8 @@ def write_plot(path: str, report: dict[str, Any]) -> None:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    """The curves as a rich table (k down, pass@k / maj@k / bon@k across), then lengths and truncation."""
+    """The curves as a rich table (k down, pass@k / maj@k / bon@k / pass^k / bom@k across), then lengths and
+    truncation."""
     from rich.console import Console
     from rich.table import Table
 
@@ -132,7 +142,7 @@ def print_table(report: dict[str, Any]) -> None:
     table = Table(title=f"{report['stage']} ({report['prompts']} prompts x {report['n']} samples)")
     table.add_column("k", justify="right")
     for family in families:
-        table.add_column(f"{family}@k", justify="right")
+        table.add_column(column(family), justify="right")
     for k in report["ks"]:
         table.add_row(str(k), *(f"{series[f][k]:.4f}" if k in series[f] else "" for f in families))
     stage, metrics = report["stage"], report["metrics"]
@@ -180,7 +190,7 @@ class EvalReport(L.Callback):
             return
         os.makedirs(self.dirpath, exist_ok=True)
         path = os.path.join(self.dirpath, samples_name(trainer.global_rank, trainer.world_size))
-        n = pl_module.hparams.val_samples
+        n = pl_module.evaluation.samples
         done = complete_prompts(read_samples(path), n)
         known = dataloader_ids(trainer)
         unknown = sorted(set(done) - known) if known is not None else []
@@ -194,7 +204,7 @@ class EvalReport(L.Callback):
         self.resumed_prompts = len(done)
         if done:
             log.info("EvalReport: %d prompts already complete in %s; sampling the others", len(done), path)
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - stays open across batches; closed at the end
 
     # ----------------------------------------------------------------------------------------- samples
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -254,7 +264,7 @@ class EvalReport(L.Callback):
             "stage": results["stage"], "n": results["n"], "ks": results["ks"],
             "step": self._checkpoint_step if self._checkpoint_step is not None else results["step"],
             "prompts": int(sum(histogram["counts"])), "resumed_prompts": self.resumed_prompts,
-            "checkpoint": trainer.ckpt_path, "sampling": dict(pl_module.hparams.get("val_sampling") or {}),
+            "checkpoint": trainer.ckpt_path, "sampling": asdict(pl_module.evaluation.sampling),
             "dirpath": os.path.abspath(self.dirpath), "metrics": results["metrics"],
             "curves": curves(results["metrics"]), "solve_rate_histogram": histogram,
         }

@@ -27,7 +27,8 @@ class SampleTable(L.Callback):
         self.prompts = prompts
         self.max_chars = max_chars
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         step = trainer.global_step - 1  # the step that just ran
         rollout = getattr(pl_module, "last_rollout", None)
         if rollout is None or step % self.every_n_steps or trainer.global_rank != 0:

@@ -3,6 +3,8 @@ training rewards and objective weights every N steps, and the validation solve-r
 
 from __future__ import annotations
 
+import itertools
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -14,8 +16,10 @@ def layout() -> dict[str, dict[str, list]]:
         "estimates by k": {
             "val pass@k (each k)": ["Multiline", [r"val/pass@\d+"]],
             "val maj@k (each k)": ["Multiline", [r"val/maj@\d+"]],
-            "val bon@k (each k)": ["Multiline", [r"val/bon@\d+"]],
-            "train pass@1, pass@k, maj@k": ["Multiline", [r"train/pass@(1|k)", r"train/maj@k"]],
+            "val bon@k (each k), bom@k": ["Multiline", [r"val/bon@\d+", r"val/bom@k"]],
+            "val pass^k (each k)": ["Multiline", [r"val/pass\^\d+"]],
+            "train pass@1, pass@k, pass^k, maj@k": ["Multiline", [r"train/pass@(1|k)", r"train/pass\^k",
+                                                                   r"train/maj@k"]],
         },
         "training": {
             "reward": ["Multiline", [r"train/reward_mean"]],
@@ -81,7 +85,7 @@ class TensorBoardExtras(L.Callback):
         edges, counts = histogram["edges"], histogram["counts"]
         if sum(counts) == 0:
             return
-        centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+        centers = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
         total = sum(counts)
         mean = sum(c * x for c, x in zip(counts, centers))
         writer.add_histogram_raw("val/solve_rate", min=edges[0], max=edges[-1], num=total, sum=mean,

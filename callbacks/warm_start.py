@@ -53,7 +53,7 @@ class SupervisedWarmStart(L.Callback):
         for step in range(self.steps):
             chosen = torch.randint(len(pairs), (self.batch_size,), generator=generator).tolist()
             prompts = [pl_module.encode_prompt(pairs[i][0]) for i in chosen]
-            completions = [tokenizer(pairs[i][1], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+            completions = [[*tokenizer(pairs[i][1], add_special_tokens=False).input_ids, tokenizer.eos_token_id]
                            for i in chosen]
             prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id, device)
             completion_ids, completion_mask = right_pad(completions, tokenizer.pad_token_id, device)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from datamodules.records import PromptRecord
+from datamodules.types import PromptRecord
 
 
 class PromptStream:

@@ -26,6 +26,10 @@ from torch import Tensor
 from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 from torch.utils.checkpoint import checkpoint
 
+#: tokens per chunk of the LM head + log-softmax (the default of `model.memory.logprob_chunk_tokens`): the pass holds
+#: about two float32 [chunk, V] buffers
+CHUNK_TOKENS = 1024
+
 
 def _chunk_logprobs(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None,
                     softcap: float | None) -> tuple[Tensor, Tensor]:
@@ -215,7 +219,7 @@ def _completion_hidden_states(model: torch.nn.Module, prompt_ids: Tensor, prompt
 
 
 def token_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                   completion_mask: Tensor, chunk_tokens: int = 4096) -> tuple[Tensor, Tensor]:
+                   completion_mask: Tensor, chunk_tokens: int = CHUNK_TOKENS) -> tuple[Tensor, Tensor]:
     """Log-probs [N, L] of the completion tokens under `model` and the per-token entropy [N, L] (no grad).
 
     prompt_ids/prompt_mask: [N, P] left-padded; completion_ids/completion_mask: [N, L] right-padded.
@@ -234,7 +238,7 @@ def _token_logprobs(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Ten
 
 
 def head_logprobs(model: torch.nn.Module, hidden: Tensor, completion_ids: Tensor, completion_mask: Tensor,
-                  chunk_tokens: int = 4096) -> tuple[Tensor, Tensor]:
+                  chunk_tokens: int = CHUNK_TOKENS) -> tuple[Tensor, Tensor]:
     """Log-probs [N, L] and entropy [N, L] of the completion tokens from the hidden states [N, L, H] that predict
     them (`completion_hidden_states`), through the model's LM head in chunks of `chunk_tokens` tokens."""
     if is_fsdp(model):

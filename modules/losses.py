@@ -110,7 +110,8 @@ def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     return (values - mean) * torch.rsqrt(variance + eps) * mask
 
 
-def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float | None) -> tuple[Tensor, Tensor]:
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor,
+                       clip: float | None) -> tuple[Tensor, Tensor]:
     """Per-token value loss 0.5 max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2) and where the clipped term
     was the larger; clip None = plain 0.5 (V - R)^2. All [N, L]."""
     unclipped = (values - returns).square()
@@ -118,3 +119,21 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip
         return 0.5 * unclipped, torch.zeros_like(unclipped)
     clipped = (old_values + (values - old_values).clamp(-clip, clip) - returns).square()
     return 0.5 * torch.maximum(unclipped, clipped), (clipped > unclipped).float()
+
+
+def truncated_importance_weights(trainer_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor,
+                                 cap: float) -> Tensor:
+    """Truncated importance sampling (TIS) weights of a rollout engine's samples: min(pi_trainer / pi_engine, cap)
+    per token, 0 on padding. [N, L] -> [N, L] (no gradient: a correction of the sampling distribution).
+
+    A fast engine (vLLM) samples from slightly other probabilities than the trainer computes for the same weights
+    (kernels, precision); the policy gradient over engine samples is then biased. Weighing each token's loss by the
+    ratio removes the bias; capping it bounds the variance (Yao et al. 2025, "Your efficient RL framework secretly
+    brings you off-policy RL training", https://fengyao.notion.site/off-policy-rl; veRL's TIS).
+    trainer_logprobs: the trainer's log-probs of the sampled tokens before the update; engine_logprobs: the
+    engine's, for the same tokens; mask: 1 on completion tokens; cap: C >= 1.
+    """
+    if cap < 1:
+        raise ValueError(f"the importance-weight cap must be >= 1, got {cap}")
+    log_ratio = (trainer_logprobs - engine_logprobs).detach()
+    return torch.exp(log_ratio).clamp(max=cap) * mask

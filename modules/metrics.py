@@ -2,7 +2,8 @@
 reduced with dist_reduce_fx="sum", so compute() on any number of processes equals one process on all prompts.
 
 The estimators are callbacks.estimators' (one implementation for training weights and evaluation):
-pass@k / max@k (`pass_at_k`), maj@k (`majority_at_k`), bon@k (`bon_at_k`). Each metric takes [B, n] tensors of
+pass@k / max@k (`pass_at_k`), maj@k (`majority_at_k`), bon@k (`bon_at_k`), pass^k / min@k (`pass_pow_k`),
+bom@k (`best_of_majority_at_k`). Each metric takes [B, n] tensors of
 B prompts with n >= max(ks) samples each and sums the per-prompt unbiased estimates; compute() divides by the
 number of prompts. `EvalMetrics` bundles them for the module's validation / test.
 """
@@ -17,7 +18,7 @@ from torchmetrics import Metric
 
 from callbacks import estimators
 from callbacks.estimators import MajorityMethod
-from callbacks.objective import Groups
+from datamodules.types import Groups
 
 
 def check_ks(ks: Sequence[int]) -> list[int]:
@@ -71,10 +72,6 @@ class PassAtK(_PerKMetric):
         self._add([estimators.pass_at_k(rewards.double(), k) for k in self.ks])
 
 
-class MaxAtK(PassAtK):
-    """max@k of real rewards: the expected best reward among k samples; the same estimator as pass@k."""
-
-
 class MajorityAtK(_PerKMetric):
     """Unbiased maj@k (Tang et al. 2025 voting conventions: None never votes, ties averaged) for each k in `ks`.
 
@@ -104,6 +101,31 @@ class BestOfNAtK(_PerKMetric):
             return
         self._check_n(rewards)
         self._add([estimators.bon_at_k(rewards.double(), scores.double(), k) for k in self.ks])
+
+
+class PassPowAtK(_PerKMetric):
+    """Unbiased pass^k (all of k samples correct; min@k for real rewards; Yao et al. 2024, tau-bench) for each k.
+
+    update(rewards): rewards [B, n], n >= max(ks). Per prompt: estimators.pass_pow_k. compute() -> [len(ks)].
+    """
+
+    def update(self, rewards: Tensor) -> None:
+        self._check_n(rewards)
+        self._add([estimators.pass_pow_k(rewards.double(), k) for k in self.ks])
+
+
+class BestOfMajorityAtK(_PerKMetric):
+    """bom@k (Di et al. 2025): of all n samples keep the answers with frequency >= 1/(2k), submit the k with the
+    highest verifier score, succeed if one is right (estimators.best_of_majority_at_k with N = n, exact).
+
+    update(answer_ids, rewards, scores): [B, n]; rewards in [0, 1]; scores None adds nothing (compute() is then NaN).
+    """
+
+    def update(self, answer_ids: Tensor, rewards: Tensor, scores: Tensor | None) -> None:
+        if scores is None:
+            return
+        self._check_n(rewards)
+        self._add([estimators.best_of_majority_at_k(answer_ids, rewards.double(), scores.double(), k) for k in self.ks])
 
 
 class ResponseStats(Metric):
@@ -169,9 +191,10 @@ class SolveRateHistogram(Metric):
 class EvalMetrics(torch.nn.Module):
     """All evaluation metrics of one validation / test epoch (submodules, so they follow the module's device).
 
-    update(groups, finished): one batch of verified groups (callbacks.objective.Groups, [B, n]) and the EOS
+    update(groups, finished): one batch of verified groups (datamodules.types.Groups, [B, n]) and the EOS
     flags [B * n] or [B, n]. compute() -> {"pass@1": .., "pass@k": .., "maj@k": .., "bon@k": .. (with scores),
-    "response_len": .., "truncated_frac": .., "pass@{k}" / "maj@{k}" / "bon@{k}" for every k in ks}; a collective
+    "pass^k": .., "bom@k" and "bom@{pass_k}" (with scores), "response_len": .., "truncated_frac": ..,
+    "pass@{k}" / "maj@{k}" / "bon@{k}" / "pass^{k}" for every k in ks}; a collective
     under DDP / FSDP2: call it on every process. histogram() -> {"edges", "counts", "never", "always"}.
     """
 
@@ -183,6 +206,8 @@ class EvalMetrics(torch.nn.Module):
         self.pass_at = PassAtK(self.ks)
         self.maj_at = MajorityAtK(self.ks, method=majority_method)
         self.bon_at = BestOfNAtK(self.ks)
+        self.pass_pow_at = PassPowAtK(self.ks)
+        self.bom_at = BestOfMajorityAtK([pass_k])  # one k: a Python loop over prompts, evaluation only
         self.responses = ResponseStats()
         self.solve_rate = SolveRateHistogram(bins=histogram_bins)
 
@@ -190,13 +215,15 @@ class EvalMetrics(torch.nn.Module):
         self.pass_at.update(groups.rewards)
         self.maj_at.update(groups.answer_ids, groups.rewards)
         self.bon_at.update(groups.rewards, groups.scores)
+        self.pass_pow_at.update(groups.rewards)
+        self.bom_at.update(groups.answer_ids, groups.rewards, groups.scores)
         self.responses.update(groups.costs, finished.view(groups.rewards.shape))
         self.solve_rate.update(groups.rewards)
 
     def compute(self) -> dict[str, float]:
         values: dict[str, float] = {}
         for name, metric in (("pass", self.pass_at), ("maj", self.maj_at), ("bon", self.bon_at)):
-            per_k = metric.compute().tolist()
+            per_k = metric.compute().reshape(-1).tolist()  # torchmetrics squeezes a 1-k result to a scalar
             if any(v != v for v in per_k):  # NaN: nothing seen (bon@k without verifier scores)
                 continue
             by_k = dict(zip(self.ks, per_k))
@@ -204,6 +231,12 @@ class EvalMetrics(torch.nn.Module):
                 values["pass@1"] = by_k[1]
             values[f"{name}@k"] = by_k[self.pass_k]
             values.update({f"{name}@{k}": v for k, v in by_k.items()})
+        by_k = dict(zip(self.ks, self.pass_pow_at.compute().reshape(-1).tolist()))
+        values["pass^k"] = by_k[self.pass_k]
+        values.update({f"pass^{k}": v for k, v in by_k.items()})
+        bom = float(self.bom_at.compute().reshape(-1)[0])  # torchmetrics squeezes a 1-element result
+        if bom == bom:  # NaN without verifier scores
+            values.update({"bom@k": bom, f"bom@{self.pass_k}": bom})
         length, truncated = self.responses.compute().tolist()
         values.update(response_len=length, truncated_frac=truncated)
         return values

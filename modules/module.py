@@ -7,7 +7,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import lightning as L
 import torch
@@ -16,21 +16,38 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from callbacks import estimators
-from callbacks.objective import Groups, Objective
 from datamodules.datamodule import PaddingBatch
-from datamodules.records import PromptRecord, Verdict
-from modules.errors import ConfigError
+from datamodules.types import Groups, PromptRecord, Samples, Verdict
+from modules.errors import ConfigError as ConfigError  # re-exported: modules.module.ConfigError
 from modules.groups import to_groups
+from modules.hparams import (
+    CriticSettings,
+    EvalSettings,
+    GroupSettings,
+    KLSettings,
+    MemorySettings,
+    UpdateSettings,
+    check_together,
+    plain,
+)
 from modules.logprobs import completion_hidden_states, head_logprobs, is_fsdp, token_logprobs
-from modules.losses import (KLEstimator, LossAggregation, aggregate, clipped_policy_loss, clipped_value_loss, gae,
-                            kl_penalty, terminal_rewards, whiten)
+from modules.losses import (
+    aggregate,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    kl_penalty,
+    terminal_rewards,
+    truncated_importance_weights,
+    whiten,
+)
 from modules.metrics import EvalMetrics
-from modules.policy import LoraParams, PolicySource, apply_lora, enable_gradient_checkpointing
-from modules.reference import ReferenceChoice, make_reference, reference_model, resolve_reference
-from modules.sampler import Samples, SamplingParams, sample
-from modules.settings import check_critic_settings, check_settings, resolve_eval_ks
+from modules.objective import Objective, single_objective
+from modules.policy import PolicySource, apply_lora, enable_gradient_checkpointing
+from modules.reference import make_reference, reference_model, resolve_reference
+from modules.rollout import RolloutEngine, SamplingParams, TorchRollout
 from modules.sharding import check_optimizer, shard_models
-from modules.value_head import CriticKind, build_critic, last_token_values
+from modules.value_head import build_critic, last_token_values
 
 
 @dataclass
@@ -85,105 +102,69 @@ def default_optimizer(params) -> torch.optim.Optimizer:
 class InferlModule(L.LightningModule):
     """RL fine-tuning of a causal LM toward an inference-time objective.
 
-    One training step: sample `group_size` completions per prompt, verify them, turn the rewards into
-    per-sample weights with the objective callback (exactly one in `trainer.callbacks`), and update the
-    policy with a clipped policy-gradient loss over `ppo_epochs` x `minibatches`. With a critic (PPO), the weights
-    are terminal rewards and the advantages come from GAE over tokens with a learned value function.
+    One training step: sample `group.size` completions per prompt (the rollout engine), verify them, turn the rewards
+    into per-sample weights with the objective callback (exactly one in `trainer.callbacks`), and update the policy
+    with a clipped policy-gradient loss over `update.ppo_epochs` x `update.minibatches`. With a critic (PPO), the
+    weights are terminal rewards and the advantages come from GAE over tokens with a learned value function.
 
     Args:
         policy: where the policy model and tokenizer come from (`modules.PretrainedPolicy`, `modules.TinyPolicy`).
-        group_size: G, completions sampled per prompt in training.
-        sampling: sampling settings of training rollouts.
-        val_sampling: sampling settings of validation (defaults to `sampling`).
-        val_samples: n, completions per prompt in validation (unbiased pass@k needs n >= k).
-        pass_k: the k of the pass@k / maj@k metrics (train: from the G samples; val: from the n samples).
-        eval_ks: the ks of validation / test pass@k, maj@k and bon@k curves (logged as val/pass@{k} ...), each
-            <= val_samples; None = [1, pass_k] and the powers of 2 up to val_samples.
         optimizer: the optimizer, e.g. `{class_path: torch.optim.AdamW, init_args: {lr: 1e-6}}`.
-        ppo_epochs: passes over each step's samples.
-        minibatches: optimizer steps per pass (the step's sequences are split into this many minibatches).
-        micro_batch_size: sequences per forward/backward (gradients accumulate up to a minibatch); None = whole minibatch.
-        clip_low: lower PPO clip range: the ratio is clipped at 1 - clip_low.
-        clip_high: upper PPO clip range: the ratio is clipped at 1 + clip_high (DAPO raises it).
-        loss_aggregation: "token-mean" (all tokens of a minibatch weigh the same) or "sequence-mean".
-        kl_coef: beta, weight of the KL-to-reference loss term; 0 loads no reference model.
-        kl_estimator: "k1", "k2" or "k3" (default; unbiased and non-negative).
-        reference: the KL reference model (when kl_coef > 0): "auto" (adapters with LoRA, else copy), "copy" (a
-            frozen copy in the policy's dtype), "8bit" / "4bit" (a frozen copy quantized with bitsandbytes, about
-            1/2 / 1/4 of a 16-bit copy's memory), "adapters" (LoRA only: the policy with its adapters disabled, no
-            second model). See docs/models.md.
-        lora: LoRA adapters (peft), e.g. {rank: 16, alpha: 32}: only the adapters train; on a quantized policy
-            (the policy's quantization: 4bit) this is QLoRA. None = every policy weight trains.
-        gradient_checkpointing: recompute the policy's decoder activations in backward (transformers'
-            non-reentrant checkpointing): less activation memory for about a third more update compute.
-        max_grad_norm: clip the gradient norm to this (None = no clipping).
-        logprob_chunk_tokens: tokens per chunk of the LM head + log-softmax: the pass holds about two float32
-            [chunk, V] buffers (1024 x 152k vocabulary: 0.6 GB each; docs/memory.md); smaller saves memory, and a
-            batch of several chunks recomputes each chunk's logits once in backward.
-        seed: sampling seed (each rank offsets it by its rank).
-        critic: "none" (the objective's weights are the advantages), "shared" (PPO: a value head on the policy's
-            final hidden states, trained through the shared trunk) or "separate" (a value head on its own model).
-        critic_source: the separate critic's model; None = a fresh copy of `policy`.
-        value_coef: weight of the value loss.
-        value_clip: clip range of the value prediction around the pre-update value (None = unclipped).
-        gamma: GAE discount over tokens.
-        gae_lambda: GAE lambda (1 = Monte Carlo returns minus values; 0 = one-step TD).
-        whiten_advantages: normalise the advantages to mean 0, std 1 over the step's tokens (with or without a
-            critic; it changes the objective's scale per step, so it is off by default).
+        rollout: the rollout engine that samples completions in training, validation, test and predict (None =
+            `modules.rollout.TorchRollout`, the torch sampler on the live policy).
+        group: training rollouts: G samples per prompt, their sampling settings, the seed.
+        update: the clipped policy-gradient update: epochs, minibatches, micro-batches, clip ranges, gradient norm.
+        kl: the KL-to-reference term: its weight, estimator and reference model.
+        critic: a learned value function (PPO) and GAE.
+        evaluation: validation, test and predict: samples per prompt, sampling, the ks of pass@k / maj@k / bon@k.
+        memory: LoRA, gradient checkpointing, log-prob chunking.
     """
 
-    def __init__(self, policy: PolicySource, group_size: int = 8, sampling: SamplingParams | None = None,
-                 val_sampling: SamplingParams | None = None, val_samples: int = 8, pass_k: int = 4,
-                 eval_ks: list[int] | None = None, optimizer: OptimizerCallable = default_optimizer,
-                 ppo_epochs: int = 1, minibatches: int = 1,
-                 micro_batch_size: int | None = None, clip_low: float = 0.2, clip_high: float = 0.2,
-                 loss_aggregation: LossAggregation = "token-mean", kl_coef: float = 0.0,
-                 kl_estimator: KLEstimator = "k3", max_grad_norm: float | None = 1.0,
-                 reference: ReferenceChoice = "auto", lora: LoraParams | None = None,
-                 gradient_checkpointing: bool = False,
-                 logprob_chunk_tokens: int = 1024, seed: int = 0, critic: CriticKind = "none",
-                 critic_source: PolicySource | None = None, value_coef: float = 0.1, value_clip: float | None = 0.2,
-                 gamma: float = 1.0, gae_lambda: float = 0.95, whiten_advantages: bool = False) -> None:
+    def __init__(self, policy: PolicySource, optimizer: OptimizerCallable = default_optimizer,
+                 rollout: RolloutEngine | None = None, group: GroupSettings = GroupSettings(),
+                 update: UpdateSettings = UpdateSettings(), kl: KLSettings = KLSettings(),
+                 critic: CriticSettings = CriticSettings(), evaluation: EvalSettings = EvalSettings(),
+                 memory: MemorySettings = MemorySettings()) -> None:
         super().__init__()
-        # checkpoints load with weights_only=True: keep hparams to plain types (sampling settings as dicts)
-        self.save_hyperparameters(ignore=["policy", "optimizer", "sampling", "val_sampling", "critic_source"])
-        lora = LoraParams(**lora) if isinstance(lora, dict) else lora  # a dict from checkpoint hparams
-        check_settings(group_size, val_samples, pass_k, ppo_epochs, minibatches, micro_batch_size, kl_coef,
-                       reference, lora, getattr(policy, "quantization", None))
-        self.eval_ks = resolve_eval_ks(eval_ks, pass_k, val_samples)
+        check_together(policy, group, kl, critic, evaluation, memory)
+        self.group, self.update, self.kl, self.critic_settings, self.memory = group, update, kl, critic, memory
+        self.evaluation = evaluation if evaluation.sampling is not None else replace(evaluation,
+                                                                                     sampling=group.sampling)
+        # checkpoints load with weights_only=True: hyperparameters as plain types; the components (policy, optimizer,
+        # engine) come from the config on resume
+        self.save_hyperparameters(ignore=["policy", "optimizer", "rollout"])
+        self.hparams.update(group=plain(group), update=plain(update), kl=plain(kl), critic=plain(critic),
+                            evaluation=plain(self.evaluation), memory=plain(memory))
         self.automatic_optimization = False
-        check_critic_settings(critic, value_coef, value_clip, gamma, gae_lambda,
-                              getattr(critic_source or policy, "quantization", None), critic_source is not None)
         self.policy_source = policy
         self.tokenizer = policy.load_tokenizer()
         self.policy = policy.load_model()
-        if gradient_checkpointing:
+        if memory.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy)  # non-reentrant, recomputes each decoder layer in backward
-        if lora is not None:
-            self.policy = apply_lora(self.policy, lora)
-        self.hparams.update(lora=None if lora is None else asdict(lora))
-        self.reference_kind = resolve_reference(reference, kl_coef, lora is not None)
+        if memory.lora is not None:
+            self.policy = apply_lora(self.policy, memory.lora)
+        self.reference_kind = resolve_reference(kl.reference, kl.coef, memory.lora is not None)
         self.reference = make_reference(self.policy, self.reference_kind)  # a frozen model, AdapterReference or None
-        self.critic, self.value_head = build_critic(critic, critic_source, policy, self.policy, self.tokenizer)
-        self.sampling = sampling or SamplingParams()
-        self.val_sampling = val_sampling or self.sampling
-        self.hparams.update(sampling=asdict(self.sampling), val_sampling=asdict(self.val_sampling))
+        self.critic, self.value_head = build_critic(critic.kind, critic.model, policy, self.policy, self.tokenizer)
         self.make_optimizer = optimizer
         self.objective: Objective | None = None
         self.generator: torch.Generator | None = None
         self.timings: dict[str, float] = {}
         # validation and test metrics (states are not checkpointed); one solve-rate bin per solved count up to n = 32
-        bins = val_samples + 1 if val_samples <= 32 else 32
-        self.val_metrics = EvalMetrics(self.eval_ks, pass_k, histogram_bins=bins)
+        n = evaluation.samples
+        self.val_metrics = EvalMetrics(evaluation.curve_ks, evaluation.pass_k, histogram_bins=n + 1 if n <= 32 else 32)
         self._eval_skip: set[str] = set()  # prompt ids already evaluated this epoch (see restore_eval)
         self.eval_results: dict | None = None  # the latest validation / test: metrics and solve-rate histogram
         self.last_rollout: LastRollout | None = None  # read by callbacks such as callbacks.SampleTable
         self.background: ThreadPoolExecutor | None = None  # verification thread, made in setup()
+        self.engine = rollout or TorchRollout()
+        self.engine_ready = False  # set up for this stage (start_engine)
+        self.policy_changed = False  # the policy's weights changed since the engine last saw them
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device
-        self.generator = torch.Generator(device=device).manual_seed(self.hparams.seed + self.global_rank)
+        self.generator = torch.Generator(device=device).manual_seed(self.group.seed + self.global_rank)
         # one long-lived thread runs verification during training, overlapping it with the reference pass
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferl-verify")
 
@@ -191,18 +172,26 @@ class InferlModule(L.LightningModule):
         if getattr(self, "background", None) is not None:
             self.background.shutdown(wait=True)
             self.background = None
+        if self.engine_ready:
+            self.engine.teardown()
+            self.engine_ready = False
+
+    def start_engine(self) -> None:
+        """Set the rollout engine up for this stage, once: the policy is on its device, sharded and restored from
+        the checkpoint by now (fit, validate, test and predict start hooks call this)."""
+        if not self.engine_ready:
+            self.engine.setup(self)
+            self.engine_ready, self.policy_changed = True, False
 
     def on_fit_start(self) -> None:
-        objectives = [c for c in self.trainer.callbacks if isinstance(c, Objective)]
-        if len(objectives) != 1:
-            found = ", ".join(type(c).__name__ for c in objectives) or "none"
-            raise ConfigError(f"exactly one objective callback is needed under trainer.callbacks (found: {found}); "
-                              "add one, e.g. `- class_path: callbacks.MeanReward`, or remove the extras")
-        self.objective = objectives[0]
-        try:
-            self.objective.check_group_size(self.hparams.group_size)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        self.objective = single_objective(self.trainer.callbacks, self.group.size)
+        self.start_engine()
+
+    def on_train_start(self) -> None:
+        self.policy_changed = True  # a callback's on_train_start (a supervised warm start) may have trained it
+
+    def on_predict_start(self) -> None:
+        self.start_engine()
 
     def configure_model(self) -> None:
         """Under ModelParallelStrategy, shard the policy, reference, critic and value head with FSDP2
@@ -215,15 +204,18 @@ class InferlModule(L.LightningModule):
             check_optimizer(optimizer)  # 8-bit (bitsandbytes) optimizers cannot step DTensors
         return optimizer
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch  # prompt records are tokenized and moved inside the step
-
     def encode_prompt(self, record: PromptRecord) -> list[int]:
         """Token ids of a record's prompt (chat messages rendered with the tokenizer's chat template)."""
         if record.messages is not None:
             text = self.tokenizer.apply_chat_template(record.messages, tokenize=False, add_generation_prompt=True)
             return self.tokenizer(text, add_special_tokens=False).input_ids
         return self.tokenizer(record.prompt).input_ids
+
+    def sequence_limits(self) -> tuple[int | None, int]:
+        """(the policy's positions or None, the longest completion): the data module leaves out prompts that do not
+        fit."""
+        return (getattr(self.policy.config, "max_position_embeddings", None),
+                max(self.group.sampling.max_new_tokens, self.evaluation.sampling.max_new_tokens))
 
     def reset_reference(self) -> None:
         """Make the reference model the current policy (e.g. after a supervised warm start): a copy reloads the
@@ -234,7 +226,7 @@ class InferlModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------- training
     def training_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
-        samples, texts = self.rollout(batch, self.hparams.group_size, self.sampling)
+        samples, texts = self.rollout(batch, self.group.size, self.group.sampling)
         verifying = self.background.submit(self.verify, batch, texts, samples.group_size, stage="train")
         ref_logprobs = self.reference_logprobs(samples)  # on the accelerator while the verifiers run on CPU
         old_logprobs, old_values = self.old_outputs(samples)
@@ -243,20 +235,19 @@ class InferlModule(L.LightningModule):
         groups = to_groups(verdicts, samples.completion_lengths, samples.group_size, final_values)
         weights = self.weigh(groups)
         advantages, returns = self.advantages(weights.flatten(), old_values, samples.completion_mask)
-        stats = self.update(samples, advantages, returns, old_logprobs, old_values, ref_logprobs)
+        stats = self.optimize(samples, advantages, returns, old_logprobs, old_values, ref_logprobs)
         self.log_step(batch, samples, texts, verdicts, groups, weights, stats)
 
     @timed("time/rollout_s")
     @torch.no_grad()
     def rollout(self, batch: Sequence[PromptRecord], group_size: int, params: SamplingParams,
                 generator: torch.Generator | None = None) -> tuple[Samples, list[str]]:
-        """G samples per prompt from the policy, and their decoded texts."""
-        was_training = self.policy.training
-        self.policy.eval()
-        samples = sample(self.policy, [self.encode_prompt(r) for r in batch], group_size, params,
-                         eos_ids=self.eos_token_ids(), pad_id=self.tokenizer.pad_token_id,
-                         generator=generator or self.generator, keep_going=self.keep_decoding)
-        self.policy.train(was_training)
+        """G samples per prompt from the rollout engine (on the policy's current weights), and their decoded texts."""
+        if self.policy_changed:  # every rank gets here at the same point: the engine may gather sharded weights
+            self.engine.sync_weights(self)
+            self.policy_changed = False
+        samples = self.engine.generate([self.encode_prompt(r) for r in batch], group_size, params,
+                                       generator or self.generator)
         texts = self.tokenizer.batch_decode(samples.completion_ids.masked_fill(samples.completion_mask == 0,
                                                                                self.tokenizer.pad_token_id),
                                             skip_special_tokens=True)
@@ -281,14 +272,14 @@ class InferlModule(L.LightningModule):
         """Token log-probs [N, L] of the samples under `model`, computed micro-batch by micro-batch, no grad."""
         logprobs = torch.zeros_like(samples.sampling_logprobs)
         for rows in self.micro_batches(torch.arange(samples.completion_ids.shape[0]), samples):
-            part = token_logprobs(model, *samples_rows(samples, rows), chunk_tokens=self.hparams.logprob_chunk_tokens)[0]
+            part = token_logprobs(model, *samples_rows(samples, rows), chunk_tokens=self.memory.logprob_chunk_tokens)[0]
             logprobs[rows, : part.shape[1]] = part  # each micro-batch is trimmed to its own longest completion
         return logprobs
 
     def micro_batches(self, rows: Tensor, samples: Samples) -> tuple[Tensor, ...]:
         """`rows` split into micro-batches of `micro_batch_size`, sorted by completion length so that each one
         trims the most padding (gradients accumulate over the minibatch, so the grouping does not change them)."""
-        size = self.hparams.micro_batch_size
+        size = self.update.micro_batch_size
         if size is None or size >= len(rows):
             return (rows,)
         return rows[torch.argsort(samples.completion_lengths[rows].cpu(), stable=True)].split(size)
@@ -297,8 +288,7 @@ class InferlModule(L.LightningModule):
     def old_outputs(self, samples: Samples) -> tuple[Tensor | None, Tensor | None]:
         """The policy's token log-probs [N, L] before the update (None when a single on-policy update makes them
         the current ones) and the critic's values [N, L] (None without a critic), from one pass per micro-batch."""
-        hp = self.hparams
-        need_logprobs = not (hp.ppo_epochs == 1 and hp.minibatches == 1)
+        need_logprobs = self.update.needs_old_logprobs
         if self.value_head is None:
             return (self.batched_logprobs(self.policy, samples) if need_logprobs else None), None
         logprobs = torch.zeros_like(samples.sampling_logprobs) if need_logprobs else None
@@ -309,7 +299,7 @@ class InferlModule(L.LightningModule):
             hidden = completion_hidden_states(self.policy, *inputs) if need_logprobs or self.critic is None else None
             if need_logprobs:
                 logprobs[rows, :width] = head_logprobs(self.policy, hidden, inputs[2], inputs[3],
-                                                       hp.logprob_chunk_tokens)[0]
+                                                       self.memory.logprob_chunk_tokens)[0]
             values[rows, :width] = self.critic_values(inputs, hidden)
         return logprobs, values
 
@@ -328,26 +318,28 @@ class InferlModule(L.LightningModule):
 
         Without a critic the objective's weights [N] are the advantages; with one they are terminal rewards for
         GAE over the completion tokens."""
-        hp = self.hparams
         if values is None:
             returns, advantages = None, weights
         else:
-            advantages, returns = gae(terminal_rewards(weights, mask), values, mask, hp.gamma, hp.gae_lambda)
-        if hp.whiten_advantages:
+            advantages, returns = gae(terminal_rewards(weights, mask), values, mask, self.critic_settings.gamma,
+                                      self.critic_settings.gae_lambda)
+        if self.update.whiten_advantages:
             advantages = whiten(advantages if advantages.dim() == 2 else advantages[:, None] * mask, mask)
         return advantages, returns
 
     @timed("time/update_s")
-    def update(self, samples: Samples, advantages: Tensor, returns: Tensor | None, old_logprobs: Tensor | None,
+    def optimize(self, samples: Samples, advantages: Tensor, returns: Tensor | None, old_logprobs: Tensor | None,
                old_values: Tensor | None, ref_logprobs: Tensor | None) -> dict[str, float]:
         """Clipped policy-gradient (and value) updates: ppo_epochs x minibatches optimizer steps on this step's
         samples. advantages [N] or [N, L]; the others [N, L] or None (see old_outputs, advantages)."""
-        hp = self.hparams
+        hp = self.update
         targets = UpdateTargets(advantages, returns, old_logprobs, old_values, ref_logprobs)
         optimizer = self.optimizers()
         totals = dict.fromkeys(["loss", "entropy", "clip_frac", "kl", "value_loss", "value_clip_frac", "tokens"], 0.0)
+        if self.group.sampling.is_plain:  # engine log-probs are the policy's: measure (and correct) the mismatch
+            totals.update(dict.fromkeys(["logprob_mismatch", "is_weight_mean", "is_clip_frac", "is_ratio_max"], 0.0))
         n = samples.completion_ids.shape[0]
-        order_generator = torch.Generator().manual_seed(hp.seed + self.global_step)
+        order_generator = torch.Generator().manual_seed(self.group.seed + self.global_step)
         for epoch in range(hp.ppo_epochs):
             order = torch.randperm(n, generator=order_generator) if hp.minibatches > 1 else torch.arange(n)
             minibatches = order.tensor_split(hp.minibatches)
@@ -362,33 +354,39 @@ class InferlModule(L.LightningModule):
                 # Lightning counts a global step per LightningOptimizer.step; inner updates use the raw optimizer
                 # so that one trainer step is one RL step (max_steps, val_check_interval and checkpoints count those)
                 optimizer.step() if last else optimizer.optimizer.step()
+        self.policy_changed = True  # the rollout engine syncs its weights before the next rollout
         tokens = max(totals.pop("tokens"), 1.0)
         loss = totals.pop("loss") / (hp.ppo_epochs * hp.minibatches)  # the mean minibatch loss
-        return {"loss": loss, **{name: value / tokens for name, value in totals.items()}}
+        ratio_max = totals.pop("is_ratio_max", None)
+        extra = {} if ratio_max is None else {"is_ratio_max": ratio_max}
+        return {"loss": loss, **extra, **{name: value / tokens for name, value in totals.items()}}
 
     def micro_step(self, samples: Samples, rows: Tensor, targets: UpdateTargets, minibatch_tokens: float,
                    minibatch_size: int, totals: dict[str, float]) -> None:
         """Forward, loss and backward on `rows` of the samples; adds token-summed statistics to `totals`."""
-        hp = self.hparams
+        hp, critic = self.update, self.critic_settings
         inputs = samples_rows(samples, rows)
         mask = inputs[3]
         width = mask.shape[1]
         hidden = completion_hidden_states(self.policy, *inputs)
-        logprobs, entropy = head_logprobs(self.policy, hidden, inputs[2], mask, hp.logprob_chunk_tokens)
+        logprobs, entropy = head_logprobs(self.policy, hidden, inputs[2], mask, self.memory.logprob_chunk_tokens)
         old = logprobs.detach() if targets.old_logprobs is None else targets.old_logprobs[rows, :width]
         advantages = targets.rows(targets.advantages, rows, width)
         per_token, clipped = clipped_policy_loss(logprobs, old, advantages, hp.clip_low, hp.clip_high)
+        if "logprob_mismatch" in totals:
+            per_token = self.engine_correction(per_token, old, samples.sampling_logprobs[rows, :width], mask, totals)
         loss = aggregate(per_token, mask, hp.loss_aggregation, minibatch_tokens, minibatch_size)
         if targets.ref_logprobs is not None:
-            kl = kl_penalty(logprobs, targets.ref_logprobs[rows, :width], hp.kl_estimator)
-            loss = loss + hp.kl_coef * aggregate(kl, mask, hp.loss_aggregation, minibatch_tokens, minibatch_size)
+            kl = kl_penalty(logprobs, targets.ref_logprobs[rows, :width], self.kl.estimator)
+            loss = loss + self.kl.coef * aggregate(kl, mask, hp.loss_aggregation, minibatch_tokens, minibatch_size)
             totals["kl"] += float((kl.detach() * mask).sum())
         if targets.returns is not None:
             values = self.critic_values(inputs, hidden)
-            value_loss, value_clipped = clipped_value_loss(values, targets.rows(targets.old_values, rows, width),
-                                                           targets.rows(targets.returns, rows, width), hp.value_clip)
-            loss = loss + hp.value_coef * aggregate(value_loss, mask, hp.loss_aggregation, minibatch_tokens,
-                                                    minibatch_size)
+            old_values = targets.rows(targets.old_values, rows, width)
+            returns = targets.rows(targets.returns, rows, width)
+            value_loss, value_clipped = clipped_value_loss(values, old_values, returns, critic.value_clip)
+            loss = loss + critic.value_coef * aggregate(value_loss, mask, hp.loss_aggregation, minibatch_tokens,
+                                                        minibatch_size)
             totals["value_loss"] += float((value_loss.detach() * mask).sum())
             totals["value_clip_frac"] += float((value_clipped * mask).sum())
         self.manual_backward(loss)
@@ -398,13 +396,31 @@ class InferlModule(L.LightningModule):
         totals["clip_frac"] += float((clipped * mask).sum())
         totals["tokens"] += count
 
-    def keep_decoding(self, local_done: bool) -> bool:
-        """Under FSDP2 every rank must join each forward of the sharded policy: decode until all ranks are done
-        (one all-reduce per decode step; DDP and one device need none)."""
+    def engine_correction(self, per_token: Tensor, old: Tensor, engine: Tensor, mask: Tensor,
+                          totals: dict[str, float]) -> Tensor:
+        """Per-token losses [n, L] weighted by truncated importance ratios min(pi_trainer / pi_engine, C) when the
+        rollout engine has a cap C (vLLM: its samples come from slightly other probabilities than the trainer's;
+        Yao et al. 2025), else unchanged. `old`: the trainer's pre-update log-probs, `engine`: the sampling ones.
+        Adds the mismatch sum |old - engine| and the weights' statistics to `totals`."""
+        cap = self.engine.importance_cap
+        ratio = truncated_importance_weights(old, engine, mask, float("inf"))
+        totals["logprob_mismatch"] += float(((old - engine).abs() * mask).sum())
+        totals["is_ratio_max"] = max(totals["is_ratio_max"], float(ratio.max()) if ratio.numel() else 0.0)
+        if cap is None:
+            totals["is_weight_mean"] += float(mask.sum())
+            return per_token
+        totals["is_weight_mean"] += float(ratio.clamp(max=cap).sum())
+        totals["is_clip_frac"] += float(((ratio > cap) * mask).sum())
+        return per_token * truncated_importance_weights(old, engine, mask, cap)
+
+    def any_rank_samples(self, flag: bool) -> bool:
+        """Whether this or another rank samples with the policy (`flag`: this rank does), to keep sharded generation
+        in step: under FSDP2 every rank must join each forward of the sharded policy, so this is an all-reduce that
+        every rank calls (once per decode step, and once per evaluation batch); unsharded nothing needs the ranks in
+        step (and a collective would hang a rank that has more batches than another): `flag` itself."""
         if self._trainer is None or self.trainer.world_size == 1 or not is_fsdp(self.policy):
-            return not local_done
-        done = torch.tensor(float(local_done), device=self.device)
-        return bool(self.trainer.strategy.reduce(done, reduce_op="min") < 1)
+            return flag
+        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="max") > 0)
 
     def eos_token_ids(self) -> list[int]:
         ids = self.policy.generation_config.eos_token_id if self.policy.generation_config else None
@@ -414,25 +430,29 @@ class InferlModule(L.LightningModule):
     # ----------------------------------------------------------------------------------------- logging
     def log_step(self, batch: Sequence[PromptRecord], samples: Samples, texts: list[str], verdicts: list[Verdict],
                  groups: Groups, weights: Tensor, stats: dict[str, float]) -> None:
-        rewards, k = groups.rewards, self.hparams.pass_k
+        rewards, k = groups.rewards, self.evaluation.pass_k
         lengths = samples.completion_lengths.float()
         metrics = {
             "train/reward_mean": rewards.mean(),
             "train/pass@1": estimators.pass_at_k(rewards, 1).mean(),
             "train/pass@k": estimators.pass_at_k(rewards, k).mean(),
+            "train/pass^k": estimators.pass_pow_k(rewards, k).mean(),
             "train/adv_zero_frac": (weights == 0).all(dim=1).float().mean(),
             "train/entropy": stats["entropy"],
             "train/clip_frac": stats["clip_frac"],
             "train/loss": stats["loss"],
             "train/response_len": lengths.mean(),
             "train/truncated_frac": (~samples.finished).float().mean(),
-            "train/verify_errors": float(sum(v.error is not None for v in verdicts)),
+            **self.trainer.datamodule.verify_error_metrics("train"),  # train/verify_errors[/<kind>] (verify_guard.py)
             "perf/gen_tokens_per_s": lengths.sum() / max(self.timings["time/rollout_s"], 1e-9),
             **self.timings,
             **self.objective.metrics(),
         }
         if (groups.answer_ids >= 0).any():
             metrics["train/maj@k"] = estimators.majority_at_k(groups.answer_ids, rewards, k).mean()
+        for name in ("logprob_mismatch", "is_weight_mean", "is_clip_frac", "is_ratio_max"):  # engine vs trainer
+            if name in stats:
+                metrics[f"train/{name}"] = stats[name]
         if self.reference is not None:
             metrics["train/kl"] = stats["kl"]
         if self.value_head is not None:
@@ -448,6 +468,7 @@ class InferlModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------- validation
     def on_validation_start(self) -> None:
+        self.start_engine()  # validate / test outside fit (in fit, on_fit_start did)
         # a fresh epoch; a callback may then add prompts evaluated earlier with restore_eval (on_*_epoch_start)
         self.val_metrics.reset()
         self._eval_skip = set()
@@ -456,12 +477,13 @@ class InferlModule(L.LightningModule):
                      finished: Sequence[bool]) -> None:
         """Count prompts evaluated before (e.g. read back from an interrupted report) in this epoch's metrics and
         skip them in the rollout. ids: B prompt ids; verdicts, lengths (generated tokens), finished (EOS): B * n,
-        sample j of prompt b at b * n + j, n = val_samples. Call it from a callback's on_validation_epoch_start
+        sample j of prompt b at b * n + j, n = evaluation.samples. Call it from a callback's on_validation_epoch_start
         (or on_test_epoch_start)."""
-        n = self.hparams.val_samples
+        n = self.evaluation.samples
         if not len(verdicts) == len(lengths) == len(finished) == len(ids) * n:
-            raise ValueError(f"restore_eval: {len(ids)} prompts need {len(ids) * n} samples (val_samples = {n}), "
-                             f"got {len(verdicts)} verdicts, {len(lengths)} lengths, {len(finished)} flags")
+            raise ValueError(f"restore_eval: {len(ids)} prompts need {len(ids) * n} samples "
+                             f"(model.evaluation.samples = {n}), got {len(verdicts)} verdicts, {len(lengths)} lengths, "
+                             f"{len(finished)} flags")
         if not ids:
             return
         groups = to_groups(verdicts, torch.tensor(lengths, device=self.device), n)
@@ -469,37 +491,29 @@ class InferlModule(L.LightningModule):
         self._eval_skip |= set(ids)
 
     def validation_step(self, batch: list[PromptRecord], batch_idx: int) -> LastRollout | None:
-        """`val_samples` completions per prompt, verified and added to the metrics; returns them (for report
+        """`evaluation.samples` completions per prompt, verified and added to the metrics; returns them (for report
         callbacks), or None when every prompt of the batch was restored by restore_eval."""
-        n = self.hparams.val_samples
+        n = self.evaluation.samples
         padding = isinstance(batch, PaddingBatch)  # a batch that only keeps this rank in step with the others
         todo = [] if padding else [record for record in batch if record.id not in self._eval_skip]
         if not todo:
             # sharded generation needs every rank in each decode step: roll out (and drop) if another rank samples
-            if self.trainer.world_size > 1 and self.any_rank(False):
-                self.rollout(batch, n, self.val_sampling, generator=self.eval_generator(batch_idx))
+            if self.trainer.world_size > 1 and self.any_rank_samples(False):
+                self.rollout(batch, n, self.evaluation.sampling, generator=self.eval_generator(batch_idx))
             return None
         if self.trainer.world_size > 1:
-            self.any_rank(True)
-        samples, texts = self.rollout(todo, n, self.val_sampling, generator=self.eval_generator(batch_idx))
+            self.any_rank_samples(True)
+        samples, texts = self.rollout(todo, n, self.evaluation.sampling, generator=self.eval_generator(batch_idx))
         verdicts = self.verify(todo, texts, n, stage="val")
         groups = to_groups(verdicts, samples.completion_lengths, n)
         self.val_metrics.update(groups, samples.finished)
         return LastRollout(todo, texts, verdicts, n, lengths=samples.completion_lengths.tolist(),
                            finished=samples.finished.tolist())
 
-    def any_rank(self, flag: bool) -> bool:
-        """Whether another rank samples with the policy, for keeping sharded generation in step: under FSDP2, True if
-        `flag` is True on any process (a collective: every rank calls it); unsharded, nothing needs the ranks in step
-        (and a collective would hang a rank that has more batches than another): `flag` itself."""
-        if self.trainer.world_size == 1 or not is_fsdp(self.policy):
-            return flag
-        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="max") > 0)
-
     def eval_generator(self, batch_idx: int) -> torch.Generator:
         """The sampling RNG of validation batch `batch_idx`: the same prompts get the same samples at every
         validation (curves compare like with like), and a resumed evaluation redoes a batch exactly."""
-        seed = (10**6 + self.hparams.seed) * 2**32 + self.global_rank * 2**20 + batch_idx
+        seed = (10**6 + self.group.seed) * 2**32 + self.global_rank * 2**20 + batch_idx
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def on_validation_epoch_end(self) -> None:
@@ -513,7 +527,9 @@ class InferlModule(L.LightningModule):
             return
         stage = "test" if self.trainer.testing else "val"
         metrics = {f"{stage}/{name}": value for name, value in values.items()}
-        self.eval_results = {"stage": stage, "step": self.global_step, "n": self.hparams.val_samples,
+        errors = self.trainer.datamodule.verify_error_metrics("val")  # val/verify_errors[/<kind>], reset each epoch
+        metrics.update({f"{stage}/{name.split('/', 1)[1]}": value for name, value in errors.items()})
+        self.eval_results = {"stage": stage, "step": self.global_step, "n": self.evaluation.samples,
                              "ks": list(self.val_metrics.ks), "metrics": metrics, "solve_rate_histogram": histogram}
         if self.trainer.sanity_checking:  # Lightning drops self.log here; this is the step-0 point of the curves
             if self.logger is not None and self.global_rank == 0:
@@ -527,12 +543,12 @@ class InferlModule(L.LightningModule):
     on_test_epoch_end = on_validation_epoch_end
 
     def predict_step(self, batch: list[PromptRecord], batch_idx: int) -> list[dict]:
-        """`val_samples` completions per prompt with their verdicts:
+        """`evaluation.samples` completions per prompt with their verdicts:
         [{id, completions, rewards, answers, scores, tokens, finished}]."""
-        n = self.hparams.val_samples
+        n = self.evaluation.samples
         if isinstance(batch, PaddingBatch) and not is_fsdp(self.policy):
             return []  # a batch only there to keep sharded generation in step; unsharded, nothing to keep in step
-        samples, texts = self.rollout(batch, n, self.val_sampling, generator=self.eval_generator(batch_idx))
+        samples, texts = self.rollout(batch, n, self.evaluation.sampling, generator=self.eval_generator(batch_idx))
         if isinstance(batch, PaddingBatch):  # rolled out only to keep this rank in step with the others
             return []
         verdicts = self.verify(batch, texts, n, stage="val")

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int,
+             device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """Left-pad token lists into ids [B, P] and attention mask [B, P]."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -21,7 +22,8 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.devi
     return ids.to(device), mask.to(device)
 
 
-def right_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+def right_pad(sequences: Sequence[Sequence[int]], pad_id: int,
+              device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """Right-pad token lists into ids [N, L] and attention mask [N, L]."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)

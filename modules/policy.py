@@ -3,16 +3,29 @@ config with a character tokenizer built locally (tests and the demo; no download
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import socket
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlparse
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel,
-                          PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 from modules.errors import ConfigError
 
@@ -46,46 +59,167 @@ class PretrainedPolicy(PolicySource):
 
     Args:
         name_or_path: a hub name (needs network or a filled HF cache) or a local folder with config.json and
-            weights, e.g. one written by `save_pretrained`.
-        tokenizer: where to load the tokenizer from; defaults to `name_or_path`.
+            weights, e.g. one written by `save_pretrained`. With `gguf_file`: the folder holding that file (or None).
+        tokenizer: where to load the tokenizer from; defaults to `name_or_path` (the converted folder with
+            `gguf_file`).
         dtype: parameter dtype; "auto" keeps the checkpoint's.
         trust_remote_code: allow model code shipped with the checkpoint to run.
         attn_implementation: e.g. "sdpa", "eager", "flash_attention_2"; None lets transformers choose.
         revision: a branch, tag or commit of a hub repository.
-        quantization: load the weights quantized with bitsandbytes, frozen: "4bit" (NF4; with `model.lora` this
-            is QLoRA) or "8bit" (LLM.int8); None = as stored. Needs `pip install inferl[bnb]` and `model.lora`
+        quantization: load the weights quantized with bitsandbytes, frozen: "4bit" (NF4; with `model.memory.lora` this
+            is QLoRA) or "8bit" (LLM.int8); None = as stored. Needs `pip install inferl[bnb]` and `model.memory.lora`
             (quantized weights do not train). Linear layers are quantized; embeddings, norms and the LM head keep
             `dtype`, which is also the 4-bit compute dtype.
+        gguf_file: a llama.cpp GGUF file (inside `name_or_path`, as transformers reads it, or a path of its own).
+            It is converted once into a plain float32 Hugging Face folder in the models cache
+            (~/.cache/inferl/models/<file name>, or $INFERL_MODELS_DIR; `modules.gguf_convert`), which training,
+            vLLM and export then read. Needs the `gguf` package.
     """
 
-    def __init__(self, name_or_path: str, tokenizer: str | None = None,
+    def __init__(self, name_or_path: str | None = None, tokenizer: str | None = None,
                  dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", trust_remote_code: bool = False,
                  attn_implementation: str | None = None, revision: str | None = None,
-                 quantization: Quantization | None = None) -> None:
+                 quantization: Quantization | None = None, gguf_file: str | None = None) -> None:
+        if name_or_path is None and gguf_file is None:
+            raise ConfigError("model.policy.init_args.name_or_path is required (a local model folder or a hub name), "
+                              "unless model.policy.init_args.gguf_file names a GGUF file")
         self.name_or_path = name_or_path
         self.tokenizer = tokenizer or name_or_path
+        self.tokenizer_given = tokenizer is not None
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
         self.attn_implementation = attn_implementation
         self.revision = revision
         self.quantization = quantization
+        self.gguf_file = gguf_file
+        self._converted: str | None = None
+
+    def model_folder(self) -> str:
+        """What transformers (and vLLM) load: the converted folder with `gguf_file` (converted on first use),
+        else `name_or_path` once a local-looking path is checked to exist (one-line ConfigError otherwise)."""
+        if self.gguf_file is not None:
+            if self._converted is None:
+                from modules.gguf_convert import convert_gguf, resolve_gguf
+
+                self._converted = convert_gguf(resolve_gguf(self.name_or_path or "", self.gguf_file))
+            return self._converted
+        return check_model_path(self.name_or_path, "model.policy.init_args.name_or_path")
 
     def load_model(self) -> PreTrainedModel:
+        path = self.model_folder()
         kwargs = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         dtype = "auto" if self.dtype == "auto" else DTYPES[self.dtype]
-        if self.quantization is not None:
-            if dtype == "auto":  # the checkpoint's dtype, which bitsandbytes also needs as its compute dtype
-                stored = getattr(AutoConfig.from_pretrained(self.name_or_path, **kwargs), "dtype", None)
-                dtype = DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
-            return load_quantized(self.name_or_path, self.quantization, dtype, **kwargs)
-        return AutoModelForCausalLM.from_pretrained(self.name_or_path, dtype=dtype, **kwargs)
+        with hub_errors(path, "model.policy.init_args.name_or_path"):
+            if self.quantization is not None:
+                if dtype == "auto":  # the checkpoint's dtype, which bitsandbytes also needs as its compute dtype
+                    stored = getattr(AutoConfig.from_pretrained(path, **kwargs), "dtype", None)
+                    dtype = DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
+                return load_quantized(path, self.quantization, dtype, **kwargs)
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
-        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer, trust_remote_code=self.trust_remote_code,
-                                                  revision=self.revision)
+        if self.tokenizer_given:
+            key = "model.policy.init_args.tokenizer"
+            path = check_model_path(self.tokenizer, key, needs_config=False)
+        else:
+            key, path = "model.policy.init_args.name_or_path", self.model_folder()
+        with hub_errors(path, key):
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code,
+                                                      revision=self.revision)
         return with_padding(tokenizer)
+
+
+def looks_local(name_or_path: str) -> bool:
+    """True for what can only be a local path: it starts with `.`, `/` or `~`, has more than one `/` (a hub name is
+    `name` or `owner/name`), or its first part is a folder here (`models/SmolLM2-135M-Instruct` with ./models)."""
+    return (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+            or ("/" in name_or_path and os.path.isdir(name_or_path.split("/")[0])))
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within `timeout_s` ($HF_ENDPOINT if set; never with
+    HF_HUB_OFFLINE=1): checked before loading a hub name that is not cached, because offline the hub client retries
+    for a minute before failing."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    return tcp_answers(host, 443, timeout_s)
+
+
+@functools.cache
+def tcp_answers(host: str, port: int, timeout_s: float) -> bool:
+    """Whether `host:port` accepts a TCP connection within `timeout_s`, name lookup included (which has no timeout
+    of its own, so the probe runs in a daemon thread). Answered once a process."""
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(answer) and answer[0]
+
+
+def is_cached(name: str) -> bool:
+    """Whether the Hugging Face cache holds `name`'s config.json (a hub model used before)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except HFValidationError:  # not a valid repository name: transformers reports it (through hub_errors)
+        return False
+
+
+def check_model_path(name_or_path: str, key: str, needs_config: bool = True) -> str:
+    """`name_or_path`, after checking that a local-looking path exists and that a hub name is cached or the hub is
+    reachable (before transformers sees it: its errors for both are long tracebacks, offline after a minute of
+    retries). One-line ConfigError naming `key` otherwise; other hub failures go through `hub_errors`."""
+    path = os.path.expanduser(name_or_path)
+    if needs_config and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"{key}: {name_or_path} is a folder but has no config.json; a model folder holds "
+                          "config.json, the weights and the tokenizer files (what save_pretrained writes)")
+    if os.path.exists(path):
+        return path
+    if looks_local(name_or_path):
+        raise ConfigError(f"{key}: no model folder at {name_or_path!r} (working directory {os.getcwd()}); "
+                          "point it at a folder written by save_pretrained, or convert a GGUF file with "
+                          "`python -m modules.gguf_convert FILE.gguf --output FOLDER` (bash scripts/setup.sh makes "
+                          "models/SmolLM2-135M-Instruct)")
+    if not is_cached(name_or_path) and not hub_reachable():
+        raise ConfigError(f"{key}: {name_or_path!r} is not a local folder, not in the Hugging Face cache, and the hub "
+                          f"cannot be reached (offline); download it once where there is network (`huggingface-cli "
+                          f"download {name_or_path} --local-dir /models/NAME`) and set {key} to that folder")
+    return name_or_path
+
+
+@contextmanager
+def hub_errors(name_or_path: str, key: str):
+    """Turn transformers' failure to find `name_or_path` (no such folder content, an unknown hub repository, or
+    no network) into a one-line ConfigError naming the config key and how to fix it."""
+    try:
+        yield
+    except OSError as error:
+        if os.path.isdir(name_or_path):
+            raise ConfigError(f"{key}: {name_or_path} is a folder but transformers cannot load it "
+                              f"({first_line(error)}); it needs config.json, the weights and tokenizer files "
+                              "(save_pretrained output)") from None
+        raise ConfigError(f"{key}: {name_or_path!r} is not a local folder and the Hugging Face hub could not provide "
+                          f"it (offline, or no such repository: {first_line(error)}); download it once "
+                          f"(`huggingface-cli download {name_or_path} --local-dir /models/NAME`) and set {key} to that "
+                          "folder") from None
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class TinyPolicy(PolicySource):
@@ -178,7 +312,7 @@ def with_padding(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
 @dataclass
 class LoraParams:
     """LoRA adapters (peft) on the policy: only the adapters train, the base weights stay frozen, and the KL reference
-    can be the same model with its adapters disabled (`model.reference: adapters`, what "auto" picks with LoRA).
+    can be the same model with its adapters disabled (`model.kl.reference: adapters`, what "auto" picks with LoRA).
 
     Args:
         rank: r, the rank of each adapter.
@@ -196,9 +330,9 @@ class LoraParams:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise ConfigError(f"model.lora.rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"model.memory.lora.rank must be >= 1, got {self.rank}")
         if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"model.memory.lora.dropout must be in [0, 1), got {self.dropout}")
 
 
 def optional_import(name: str, feature: str, extra: str):
@@ -222,7 +356,7 @@ def apply_lora(model: PreTrainedModel, params: LoraParams) -> torch.nn.Module:
     and the remaining half-precision weights (norms, embeddings, LM head) upcast to float32 for stable updates.
     Gradient checkpointing, if wanted, is enabled before (InferlModule does), non-reentrant, so no input-grad hook
     is needed."""
-    peft = optional_import("peft", "model.lora", "peft")
+    peft = optional_import("peft", "model.memory.lora", "peft")
     if is_quantized(model):
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = peft.LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout,
@@ -279,7 +413,7 @@ def quantized_copy(model: PreTrainedModel, quantization: Quantization) -> PreTra
     folder holds one full-precision copy for the duration (set TMPDIR for large models)."""
     if type(model).__module__.split(".")[0] == "peft":
         raise ValueError("a quantized copy of a peft (LoRA) model is not supported; with LoRA the reference is the "
-                         "policy with its adapters disabled (model.reference: adapters)")
+                         "policy with its adapters disabled (model.kl.reference: adapters)")
     device = next(model.parameters()).device
     with tempfile.TemporaryDirectory(prefix="inferl-quantize-") as folder:
         model.save_pretrained(folder)
@@ -341,11 +475,3 @@ def _follow_8bit_weight(module, args) -> None:
         holder.CB = weight.data
     if holder.SCB is not None and holder.SCB.device != weight.device:
         holder.SCB = holder.SCB.to(weight.device)
-
-
-def local_path_hint(name_or_path: str) -> str:
-    """Why loading failed, in one line, for the common offline case."""
-    if os.path.isdir(name_or_path):
-        return f"{name_or_path} is a folder but has no loadable model (config.json and weights expected)"
-    return (f"{name_or_path!r} is not a local folder, and the hub could not be reached; point "
-            f"name_or_path at a local copy (a folder written by save_pretrained)")

@@ -18,7 +18,7 @@ import torch
 
 from modules.policy import optional_import, quantized_copy
 
-#: `model.reference`: "auto" = "adapters" with LoRA, else "copy"; "copy" = a frozen copy in the policy's dtype;
+#: `model.kl.reference`: "auto" = "adapters" with LoRA, else "copy"; "copy" = a frozen copy in the policy's dtype;
 #: "8bit" / "4bit" = a frozen copy quantized with bitsandbytes (LLM.int8 / NF4); "adapters" = the policy with its
 #: LoRA adapters disabled (no second model). With kl_coef = 0 no reference is made, whatever the choice.
 ReferenceChoice = Literal["auto", "copy", "8bit", "4bit", "adapters"]
@@ -29,12 +29,12 @@ def resolve_reference(choice: ReferenceChoice, kl_coef: float, lora: bool) -> Re
     """The reference to make: None when kl_coef is 0; "auto" -> "adapters" with LoRA, else "copy". Raises ValueError
     (naming the key) for a choice that cannot work."""
     if choice not in get_args(ReferenceChoice):
-        raise ValueError(f"model.reference must be auto, copy, 8bit, 4bit or adapters, got {choice!r}")
+        raise ValueError(f"model.kl.reference must be auto, copy, 8bit, 4bit or adapters, got {choice!r}")
     if choice == "adapters" and not lora:
-        raise ValueError("model.reference: adapters needs LoRA training (set model.lora, e.g. {rank: 16}); without "
-                         "it use copy, 8bit or 4bit")
+        raise ValueError("model.kl.reference: adapters needs LoRA training (set model.memory.lora, e.g. {rank: 16}); "
+                         "without it use copy, 8bit or 4bit")
     if choice in ("8bit", "4bit") and lora:
-        raise ValueError(f"model.reference: {choice} is a quantized copy of a full model and LoRA training has none "
+        raise ValueError(f"model.kl.reference: {choice} is a quantized copy of a full model and LoRA training has none "
                          "to copy; use adapters (the policy with its adapters disabled, no extra memory) or copy")
     if kl_coef == 0:
         return None
@@ -84,7 +84,7 @@ class AdapterReference:
 
     def __init__(self, policy: torch.nn.Module) -> None:
         if not hasattr(policy, "disable_adapter"):
-            raise ValueError("model.reference: adapters needs a peft (LoRA) policy; set model.lora")
+            raise ValueError("model.kl.reference: adapters needs a peft (LoRA) policy; set model.memory.lora")
         self.policy = policy
 
     @contextmanager
@@ -114,7 +114,7 @@ def merge_adapters(policy: torch.nn.Module) -> None:
     policy computes the same function, and with adapters disabled it now computes it too, so the reference is the
     current policy. Parameter objects of the adapters stay the same (an optimizer built on them keeps working); a
     4-bit base is dequantized, summed and quantized again (peft's merge), which rounds."""
-    optional_import("peft", "model.lora", "peft")
+    optional_import("peft", "model.memory.lora", "peft")
     from peft.tuners.lora import LoraLayer
 
     for module in policy.modules():

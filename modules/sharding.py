@@ -18,10 +18,7 @@ previous checkpoint whole.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +29,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
+from modules.checkpoint_io import remove_path, swap_into_place
 from modules.errors import ConfigError
 from modules.logprobs import backbone_and_head, is_fsdp
 
@@ -119,7 +117,8 @@ class FSDP2Strategy(ModelParallelStrategy):
     """
 
     def __init__(self, data_parallel_size: Literal["auto"] | int = "auto",
-                 tensor_parallel_size: Literal["auto"] | int = 1, save_distributed_checkpoint: bool = True, process_group_backend: str | None = None,
+                 tensor_parallel_size: Literal["auto"] | int = 1, save_distributed_checkpoint: bool = True,
+                 process_group_backend: str | None = None,
                  timeout: timedelta | None = default_pg_timeout) -> None:
         super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=tensor_parallel_size,
                          save_distributed_checkpoint=save_distributed_checkpoint,
@@ -152,58 +151,3 @@ def mesh_sizes(data_parallel_size: Literal["auto"] | int, tensor_parallel_size: 
     tensor = 1 if tensor_parallel_size == "auto" else int(tensor_parallel_size)
     data = max(world_size // tensor, 1) if data_parallel_size == "auto" else int(data_parallel_size)
     return data, tensor
-
-
-def remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def swap_into_place(partial: Path, path: Path) -> None:
-    """Move the complete directory `partial` to `path`, replacing what is there in one atomic exchange where the
-    file system supports it (Linux renameat2), else with two renames (the old one kept beside until the new one is
-    in place)."""
-    _fsync_tree(partial)
-    if path.exists() or path.is_symlink():
-        if not _exchange(partial, path):
-            old = path.parent / f".{path.name}.old"
-            remove_path(old)
-            os.replace(path, old)
-            os.replace(partial, path)
-            partial = old
-        remove_path(partial)  # now the previous checkpoint
-    else:
-        os.replace(partial, path)
-    _fsync_dir(path.parent)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically exchange two paths (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _fsync_tree(folder: Path) -> None:
-    """fsync the files rank 0 can see in `folder` (distributed checkpoint's own writers sync theirs) and the folder."""
-    for child in folder.iterdir():
-        if child.is_file():
-            with open(child, "rb") as file:
-                os.fsync(file.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        handle = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)

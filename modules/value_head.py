@@ -33,7 +33,7 @@ class ValueHead(torch.nn.Module):
 
 def build_critic(kind: CriticKind, source: PolicySource | None, policy_source: PolicySource, policy: torch.nn.Module,
                  tokenizer) -> tuple[torch.nn.Module | None, ValueHead | None]:
-    """(separate critic model or None, value head or None) for `model.critic`: "none" (critic-free: the objective's
+    """(separate critic model or None, value head or None) for `model.critic.kind`: "none" (critic-free: the objective's
     weights are the advantages), "shared" (a head on the policy's trunk), "separate" (a head on its own model, which
     reads the policy's token ids, so it must have the policy's tokenizer); `source` None = a fresh copy of the
     policy from `policy_source`."""
@@ -43,14 +43,14 @@ def build_critic(kind: CriticKind, source: PolicySource | None, policy_source: P
         return None, ValueHead(hidden_size(policy))
     if kind == "separate":
         if source is not None and source.load_tokenizer().get_vocab() != tokenizer.get_vocab():
-            raise ConfigError("model.critic_source has another tokenizer than model.policy: the critic reads the "
+            raise ConfigError("model.critic.model has another tokenizer than model.policy: the critic reads the "
                               "policy's token ids; use a critic model with the policy's tokenizer")
         model = (source or policy_source).load_model()
         head = model.get_output_embeddings()
         if head is not None and head.weight is not model.get_input_embeddings().weight:
             head.requires_grad_(False)  # the value head reads the trunk: an LM head with no gradient breaks DDP
         return model, ValueHead(hidden_size(model))
-    raise ConfigError(f"model.critic must be none, shared or separate, got {kind!r}")
+    raise ConfigError(f"model.critic.kind must be none, shared or separate, got {kind!r}")
 
 
 def hidden_size(model: torch.nn.Module) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datamodules.tasks.arithmetic import Arithmetic
 from datamodules.tasks.base import Task, read_rows, safe_verify
+from datamodules.tasks.chat_arithmetic import ChatArithmetic
 from datamodules.tasks.code_tasks import MBPP, HumanEval
 from datamodules.tasks.math_tasks import GSM8K, MATH
 from datamodules.tasks.stdio_tasks import StdioCode
@@ -15,8 +16,8 @@ from datamodules.tasks.stdio_tasks import StdioCode
 TASKS: dict[str, type[Task]] = {"arithmetic": Arithmetic, "gsm8k": GSM8K, "math": MATH, "humaneval": HumanEval,
                                 "mbpp": MBPP, "stdio": StdioCode}
 
-__all__ = ["GSM8K", "MATH", "MBPP", "TASKS", "Arithmetic", "HumanEval", "StdioCode", "Task", "load_task", "read_rows",
-           "safe_verify"]
+__all__ = ["GSM8K", "MATH", "MBPP", "TASKS", "Arithmetic", "ChatArithmetic", "HumanEval", "StdioCode", "Task",
+           "load_task", "read_rows", "safe_verify"]
 
 
 def load_task(name: str, path: str | None = None, **kwargs) -> Task:

@@ -6,8 +6,9 @@ import random
 import re
 from typing import Literal
 
-from datamodules.records import PromptRecord, Verdict, load_records
+from datamodules.records import load_records
 from datamodules.tasks.base import Task
+from datamodules.types import PromptRecord, Verdict
 
 _ANSWER = re.compile(r"-?\d+")
 
@@ -24,14 +25,18 @@ class Arithmetic(Task):
         digits: operands have 1 to `digits` digits.
         operations: the operators to draw from.
         seed: generation seed; use different seeds for training and validation sets.
+        verify_timeout_s, max_record_bytes: see `Task` (None: the defaults, 30 s and 8 MiB).
     """
 
     name = "arithmetic"
 
     def __init__(self, path: str | None = None, num_records: int = 1000, digits: int = 2,
-                 operations: list[Literal["+", "-", "*"]] | None = None, seed: int = 0) -> None:
+                 operations: list[Literal["+", "-", "*"]] | None = None, seed: int = 0,
+                 verify_timeout_s: float | None = None, max_record_bytes: int | None = None) -> None:
+        self.set_limits(verify_timeout_s, max_record_bytes)
         if path is not None:
-            self.records = load_records(path, task=self.name)
+            self.records = load_records(path, task=self.name, needs_reference=True,
+                                        max_record_bytes=self.max_record_bytes)
             return
         if num_records < 1 or digits < 1:
             raise ValueError(f"num_records and digits must be >= 1, got {num_records} and {digits}")

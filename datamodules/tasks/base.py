@@ -7,7 +7,9 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from datamodules.records import DataError, PromptRecord, Verdict, read_jsonl
+from datamodules.records import MAX_RECORD_BYTES, DataError, read_jsonl
+from datamodules.types import PromptRecord, Verdict
+from datamodules.verify_guard import DEFAULT_VERIFY_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +21,32 @@ class Task:
     the default runs `verify` in-process and turns an exception into a zero-reward verdict with `error` set,
     so a crashing reward function costs one sample's reward, not the run. Tasks whose verification is slow
     or unsafe (running code, math equivalence with a time limit) override it with a worker pool.
+
+    Whatever a task does, training calls it through the data module's guard (datamodules/verify_guard.py): a
+    verdict that is not a `Verdict` with a finite numeric reward, an exception, or a call running past
+    `verify_timeout_s` costs that sample its reward (0, `error` set) and is counted, never ends or stalls the run.
+
+    Settings (class attributes; the built-in tasks also take them as arguments):
+        verify_timeout_s: the longest one `verify` call may take (a task with its own `verify_batch`: the longest
+            a batch may take, per completion in it); longer is a `timeout` verdict.
+        max_record_bytes: the longest line read from a data file; a longer one is a DataError naming file and line.
     """
 
     name: str = "task"
     records: list[PromptRecord]
+    verify_timeout_s: float = DEFAULT_VERIFY_TIMEOUT_S
+    max_record_bytes: int = MAX_RECORD_BYTES
+
+    def set_limits(self, verify_timeout_s: float | None = None, max_record_bytes: int | None = None) -> None:
+        """Set the settings above on this task (None keeps the class default), checked."""
+        if verify_timeout_s is not None:
+            if not verify_timeout_s > 0:
+                raise ValueError(f"{type(self).__name__}: verify_timeout_s must be > 0 seconds, got {verify_timeout_s}")
+            self.verify_timeout_s = float(verify_timeout_s)
+        if max_record_bytes is not None:
+            if max_record_bytes < 1:
+                raise ValueError(f"{type(self).__name__}: max_record_bytes must be >= 1, got {max_record_bytes}")
+            self.max_record_bytes = int(max_record_bytes)
 
     def verify(self, record: PromptRecord, completion: str) -> Verdict:
         raise NotImplementedError
@@ -44,7 +68,7 @@ def safe_verify(verify, record: PromptRecord, completion: str) -> Verdict:
     """Call `verify(record, completion)`; an exception becomes Verdict(0.0, error=...) instead of propagating."""
     try:
         verdict = verify(record, completion)
-    except Exception as e:  # noqa: BLE001 - a reward function must never take the run down
+    except Exception as e:
         log.debug("verifier raised on record %s", record.id, exc_info=True)
         return Verdict(reward=0.0, error=f"{type(e).__name__}: {e}")
     if not isinstance(verdict, Verdict):
@@ -62,14 +86,14 @@ def looks_like_hub_name(path: str) -> bool:
             and path.count("/") <= 1 and bool(path.strip()))
 
 
-def read_rows(path: str | os.PathLike, hub_split: str = "test",
-              hub_config: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_rows(path: str | os.PathLike, hub_split: str = "test", hub_config: str | None = None,
+              max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) of a dataset: a local JSON Lines file, or, when `path` is not a local path but looks like
     a hub name (`openai/gsm8k`) and the `datasets` package is installed, that dataset's `hub_split` (rows numbered
     from 1). A missing local file, a bad line or a failed hub load raises DataError naming the path (and line)."""
     path = os.fspath(path)
     if not looks_like_hub_name(path):
-        yield from read_jsonl(path)  # a DataError naming the file for a missing file or a bad line
+        yield from read_jsonl(path, max_record_bytes)  # a DataError naming the file for a missing file or a bad line
         return
     try:
         import datasets

@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from datamodules.records import PromptRecord, Verdict
 from datamodules.sandbox import SandboxLimits, SandboxPool, TestResult, default_pool, isolation_level
 from datamodules.tasks.base import Task, safe_verify
+from datamodules.types import PromptRecord, Verdict
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|```|\Z)", re.DOTALL)
 CODE_START = re.compile(r"^(?:def |class |import |from |@|async def |if __name__)", re.MULTILINE)
@@ -98,7 +98,9 @@ class CodeTask(Task):
     """Common parts: limits, the worker pool, reward mode, and turning sandbox results into verdicts."""
 
     def __init__(self, chat: bool = True, limits: SandboxLimits | None = None, reward: str = "all",
-                 pool: SandboxPool | None = None) -> None:
+                 pool: SandboxPool | None = None, verify_timeout_s: float | None = None,
+                 max_record_bytes: int | None = None) -> None:
+        self.set_limits(verify_timeout_s, max_record_bytes)
         if reward not in ("all", "fraction"):
             raise ValueError(f"reward={reward!r}: use 'all' (1 if every test passes) or 'fraction' (share passed)")
         self.chat = chat
@@ -122,10 +124,7 @@ class CodeTask(Task):
         return {"messages": [{"role": "user", "content": text}]} if self.chat else {"prompt": text}
 
     def _verdict(self, res: TestResult) -> Verdict:
-        if res.passed:
-            reward = 1.0
-        else:
-            reward = res.fraction if self.reward == "fraction" else 0.0
+        reward = 1.0 if res.passed else (res.fraction if self.reward == "fraction" else 0.0)
         return Verdict(reward=reward, answer=None, score=1.0 if res.first_passed else 0.0,
                        error=None if res.passed else res.error)
 

@@ -1,5 +1,5 @@
 """Code tasks: HumanEval, MBPP and stdin/stdout problems (CodeContests, APPS; in stdio_tasks.py), verified by running
-the completion in the sandbox (datamodules/sandbox.py) against the dataset's tests.
+the completion in the sandbox (datamodules/sandbox/) against the dataset's tests.
 
 Verdicts (all three tasks):
     reward  1.0 if every test passes, else 0.0 (`reward="fraction"`: the fraction of test assertions or cases passed).
@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 import os
 
-from datamodules.records import DataError, PromptRecord, Verdict, require
+from datamodules.records import DataError, require
 from datamodules.sandbox import SandboxLimits, SandboxPool, run_tests
 from datamodules.tasks.base import read_rows
 from datamodules.tasks.code_common import (
@@ -30,8 +30,9 @@ from datamodules.tasks.code_common import (
     trim_trailing_prose,
 )
 from datamodules.tasks.stdio_tasks import StdioCode, outputs_match
+from datamodules.types import PromptRecord, Verdict
 
-__all__ = ["HumanEval", "MBPP", "StdioCode", "extract_code", "humaneval_program", "outputs_match"]
+__all__ = ["MBPP", "HumanEval", "StdioCode", "extract_code", "humaneval_program", "outputs_match"]
 
 
 def humaneval_program(prompt: str, completion: str, entry_point: str) -> str:
@@ -74,16 +75,18 @@ class HumanEval(CodeTask):
         pool: the sandbox worker pool (default: one shared pool, a worker per CPU core).
         instruction: the chat instruction put before the prompt.
         hub_split, hub_config: the split and configuration to load when `path` is a hub name.
+        verify_timeout_s, max_record_bytes: the `Task` settings (None: 30 s per completion, 8 MiB per line).
     """
 
     name = "humaneval"
 
     def __init__(self, path: str | os.PathLike, chat: bool = True, limits: SandboxLimits | None = None,
                  reward: str = "all", pool: SandboxPool | None = None, instruction: str = HUMANEVAL_INSTRUCTION,
-                 hub_split: str = "test", hub_config: str | None = None) -> None:
-        super().__init__(chat, limits, reward, pool)
+                 hub_split: str = "test", hub_config: str | None = None,
+                 verify_timeout_s: float | None = None, max_record_bytes: int | None = None) -> None:
+        super().__init__(chat, limits, reward, pool, verify_timeout_s, max_record_bytes)
         path = os.fspath(path)
-        for lineno, row in read_rows(path, hub_split, hub_config):
+        for lineno, row in read_rows(path, hub_split, hub_config, self.max_record_bytes):
             task_id = require(row, "task_id", path, lineno)
             prompt = require(row, "prompt", path, lineno)
             entry = require(row, "entry_point", path, lineno)
@@ -92,7 +95,7 @@ class HumanEval(CodeTask):
                 raise DataError(f"{path}:{lineno}: field 'test' has no `def check(candidate)`")
             text = f"{instruction}\n\n```python\n{prompt.rstrip()}\n```" if chat else prompt
             self.records.append(PromptRecord(
-                id=task_id, task=self.name, **self._message(text),
+                id=task_id, task=self.name, **self._message(text), source=f"{path}:{lineno}",
                 reference={"prompt": prompt, "test": test, "entry_point": entry,
                            "canonical_solution": row.get("canonical_solution")},
                 meta={"entry_point": entry}))
@@ -136,7 +139,7 @@ class MBPP(CodeTask):
     show_tests: how many tests the prompt shows (the standard MBPP prompt shows them; the first is the visible one).
     The program is `code + test_setup_code + tests`; the tests call the solution's functions in a separate process
     with plain data, except for tasks whose tests use the solution's own classes (e.g. 367, 601, 927), which run
-    in-process (see datamodules/sandbox_harness.py for what that weakens).
+    in-process (see datamodules/sandbox/harness.py for what that weakens).
 
     Args:
         path: mbpp.jsonl or sanitized-mbpp.jsonl (e.g. ../shared/data/mbpp/mbpp.jsonl), or a hub dataset name.
@@ -146,19 +149,21 @@ class MBPP(CodeTask):
         include_challenge: also run `challenge_test_list` (full MBPP only).
         limits, reward, pool: as for HumanEval.
         hub_split, hub_config: the split and configuration to load when `path` is a hub name.
+        verify_timeout_s, max_record_bytes: the `Task` settings (None: 30 s per completion, 8 MiB per line).
     """
 
     name = "mbpp"
 
     def __init__(self, path: str | os.PathLike, chat: bool = True, split: str | None = None, show_tests: int = 3,
                  include_challenge: bool = False, limits: SandboxLimits | None = None, reward: str = "all",
-                 pool: SandboxPool | None = None, hub_split: str = "test", hub_config: str | None = None) -> None:
-        super().__init__(chat, limits, reward, pool)
+                 pool: SandboxPool | None = None, hub_split: str = "test", hub_config: str | None = None,
+                 verify_timeout_s: float | None = None, max_record_bytes: int | None = None) -> None:
+        super().__init__(chat, limits, reward, pool, verify_timeout_s, max_record_bytes)
         if split is not None and split not in MBPP_SPLITS:
             raise ValueError(f"split={split!r}: use one of {sorted(MBPP_SPLITS)} or None for all tasks")
         path = os.fspath(path)
         ids = MBPP_SPLITS[split] if split else None
-        for lineno, row in read_rows(path, hub_split, hub_config):
+        for lineno, row in read_rows(path, hub_split, hub_config, self.max_record_bytes):
             task_id = require(row, "task_id", path, lineno, int)
             if ids is not None and task_id not in ids:
                 continue
@@ -188,7 +193,7 @@ class MBPP(CodeTask):
             else:
                 msg = f'"""\n{text}\n{shown}\n"""\n'
             self.records.append(PromptRecord(
-                id=f"mbpp/{task_id}", task=self.name, **self._message(msg),
+                id=f"mbpp/{task_id}", task=self.name, **self._message(msg), source=f"{path}:{lineno}",
                 reference={"code": code, "tests": tests, "setup": setup, "entry": entry, "isolate_calls": isolate},
                 meta={"task_id": task_id}))
         if not self.records:

@@ -1,7 +1,7 @@
 """Math word problems with a final answer: GSM8K and MATH (the 5000-problem test split and MATH-500).
 
 Each record's `reference` is the gold answer string; a completion is correct when its extracted final answer
-is equivalent to it (`datamodules.math_answers`). Verification runs the cheap checks in-process and the
+is equivalent to it (`datamodules.math.answers`). Verification runs the cheap checks in-process and the
 symbolic ones (math-verify) in a shared pool of worker processes with a per-answer time limit, so a hanging
 comparison costs one sample's reward (Verdict(0.0, error="timeout")), never the run.
 """
@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from datamodules.math_answers import (
+from datamodules.math.answers import (
     answer_key,
     check_equivalence,
     check_strategies,
@@ -22,8 +22,9 @@ from datamodules.math_answers import (
     find_boxed,
     shared_pool,
 )
-from datamodules.records import DataError, PromptRecord, Verdict, require
+from datamodules.records import DataError, require
 from datamodules.tasks.base import Task, read_rows
+from datamodules.types import PromptRecord, Verdict
 
 __all__ = ["GSM8K", "MATH", "MathAnswerTask"]
 
@@ -44,7 +45,9 @@ class MathAnswerTask(Task):
 
     def __init__(self, path: str, chat: bool = True, instruction: str | None = None, few_shot: int = 0,
                  limit: int | None = None, timeout_s: float = 5.0, workers: int | None = None,
-                 strategies: list[str] | None = None, hub_split: str = "test", hub_config: str | None = None):
+                 strategies: list[str] | None = None, hub_split: str = "test", hub_config: str | None = None,
+                 verify_timeout_s: float | None = None, max_record_bytes: int | None = None):
+        self.set_limits(verify_timeout_s, max_record_bytes)
         if few_shot < 0:
             raise ValueError(f"{type(self).__name__}: few_shot must be >= 0, got {few_shot}")
         if limit is not None and limit < 1:
@@ -91,12 +94,14 @@ class MathAnswerTask(Task):
                 messages.append({"role": "user", "content": self._user_text(shot["question"])})
                 messages.append({"role": "assistant", "content": shot["solution"]})
             messages.append({"role": "user", "content": self._user_text(row["question"])})
-            return PromptRecord(id=row["id"], messages=messages, reference=row["gold"], task=self.name, meta=meta)
+            return PromptRecord(id=row["id"], messages=messages, reference=row["gold"], task=self.name, meta=meta,
+                                source=row.get("source", ""))
         q, a = self.question_label, self.solution_label
         parts = [self.instruction + "\n\n"] if self.instruction else []
         parts += [f"{q}: {s['question']}\n{a}: {s['solution']}\n\n" for s in self.shots]
         parts.append(f"{q}: {row['question']}\n{a}:")
-        return PromptRecord(id=row["id"], prompt="".join(parts), reference=row["gold"], task=self.name, meta=meta)
+        return PromptRecord(id=row["id"], prompt="".join(parts), reference=row["gold"], task=self.name, meta=meta,
+                            source=row.get("source", ""))
 
     def reference_completion(self, record: PromptRecord) -> str | None:
         """The dataset's worked solution, whose final answer the default strategies extract."""
@@ -180,6 +185,7 @@ class GSM8K(MathAnswerTask):
             "last_number"; None for all four in that order.
         hub_split, hub_config: the split and configuration to load when `path` is a hub dataset name (e.g.
             path openai/gsm8k, hub_config main, hub_split train) and the `datasets` package is installed.
+        verify_timeout_s, max_record_bytes: the `Task` settings (None: 30 s per completion, 8 MiB per line).
     """
 
     name = "gsm8k"
@@ -190,14 +196,15 @@ class GSM8K(MathAnswerTask):
 
     def __init__(self, path: str, chat: bool = True, instruction: str | None = None, few_shot: int = 0,
                  limit: int | None = None, timeout_s: float = 5.0, workers: int | None = None,
-                 strategies: list[str] | None = None, hub_split: str = "test", hub_config: str | None = None):
+                 strategies: list[str] | None = None, hub_split: str = "test", hub_config: str | None = None,
+                 verify_timeout_s: float | None = None, max_record_bytes: int | None = None):
         super().__init__(path, chat=chat, instruction=instruction, few_shot=few_shot, limit=limit,
                          timeout_s=timeout_s, workers=workers, strategies=strategies, hub_split=hub_split,
-                         hub_config=hub_config)
+                         hub_config=hub_config, verify_timeout_s=verify_timeout_s, max_record_bytes=max_record_bytes)
 
     def _read_rows(self, path: str) -> list[dict[str, Any]]:
         rows = []
-        for lineno, obj in read_rows(path, self.hub_split, self.hub_config):
+        for lineno, obj in read_rows(path, self.hub_split, self.hub_config, self.max_record_bytes):
             if "problem" in obj and "question" not in obj:
                 raise DataError(f"{path}:{lineno}: this looks like a MATH file (it has 'problem'); use the "
                                 f"'math' task for it")
@@ -210,7 +217,7 @@ class GSM8K(MathAnswerTask):
             body = _CALCULATOR_RE.sub("", answer[:m.start()]).rstrip()
             solution = f"{body}\n#### {gold}" if body else f"#### {gold}"
             rows.append({"id": str(obj.get("id", f"{os.path.basename(path)}:{lineno}")), "question": question,
-                         "gold": gold, "solution": solution, "meta": {}})
+                         "gold": gold, "solution": solution, "meta": {}, "source": f"{path}:{lineno}"})
         if not rows:
             raise DataError(f"{path}: the file has no records")
         return rows
@@ -247,6 +254,7 @@ class MATH(MathAnswerTask):
             HuggingFaceH4/MATH-500) and the `datasets` package is installed.
         exclude: a MATH-style file (or hub name) whose problems are left out, e.g. MATH-500 when training on the
             5000-problem test split and validating on MATH-500 (the remaining 4500, as in PRM800K).
+        verify_timeout_s, max_record_bytes: the `Task` settings (None: 30 s per completion, 8 MiB per line).
     """
 
     name = "math"
@@ -254,15 +262,16 @@ class MATH(MathAnswerTask):
     def __init__(self, path: str, chat: bool = True, instruction: str | None = None, few_shot: int = 0,
                  limit: int | None = None, timeout_s: float = 5.0, workers: int | None = None,
                  strategies: list[str] | None = None, hub_split: str = "test", hub_config: str | None = None,
-                 exclude: str | None = None):
+                 exclude: str | None = None, verify_timeout_s: float | None = None,
+                 max_record_bytes: int | None = None):
         self.exclude = exclude
         super().__init__(path, chat=chat, instruction=instruction, few_shot=few_shot, limit=limit,
                          timeout_s=timeout_s, workers=workers, strategies=strategies, hub_split=hub_split,
-                         hub_config=hub_config)
+                         hub_config=hub_config, verify_timeout_s=verify_timeout_s, max_record_bytes=max_record_bytes)
 
     def _read_rows(self, path: str) -> list[dict[str, Any]]:
         rows = []
-        for lineno, obj in read_rows(path, self.hub_split, self.hub_config):
+        for lineno, obj in read_rows(path, self.hub_split, self.hub_config, self.max_record_bytes):
             if "question" in obj and "problem" not in obj:
                 raise DataError(f"{path}:{lineno}: this looks like a GSM8K file (it has 'question'); use the "
                                 f"'gsm8k' task for it")
@@ -292,12 +301,13 @@ class MATH(MathAnswerTask):
             else:
                 rid = f"{os.path.basename(path)}:{lineno}"
             rows.append({"id": rid, "question": problem, "gold": gold, "solution": solution,
-                         "meta": {"level": level, "subject": subject if isinstance(subject, str) else None}})
+                         "meta": {"level": level, "subject": subject if isinstance(subject, str) else None},
+                         "source": f"{path}:{lineno}"})
         if not rows:
             raise DataError(f"{path}: the file has no records")
         if self.exclude is not None:
             drop = {" ".join(require(obj, "problem", self.exclude, lineno).split())
-                    for lineno, obj in read_rows(self.exclude, self.hub_split, self.hub_config)}
+                    for lineno, obj in read_rows(self.exclude, self.hub_split, self.hub_config, self.max_record_bytes)}
             rows = [r for r in rows if " ".join(r["question"].split()) not in drop]
             if not rows:
                 raise DataError(f"{path}: every problem is also in exclude={self.exclude}; nothing is left")

@@ -8,10 +8,11 @@ import os
 import re
 from typing import Any
 
-from datamodules.records import DataError, PromptRecord, Verdict, require
+from datamodules.records import DataError, require
 from datamodules.sandbox import ExecResult, SandboxLimits, SandboxPool, run_cases, run_tests
 from datamodules.tasks.base import read_rows
 from datamodules.tasks.code_common import CodeTask, extract_code, last_line
+from datamodules.types import PromptRecord, Verdict
 
 STDIO_INSTRUCTION = ("Write a Python 3 program that reads the input from standard input and prints the answer to "
                      "standard output. Reply with the program in a single ```python code block.")
@@ -130,19 +131,21 @@ class StdioCode(CodeTask):
         max_tests: at most this many graded test cases per problem (None: all).
         float_tol: absolute/relative tolerance for decimal numbers in the expected output (None: exact tokens).
         hub_split, hub_config: the split and configuration to load when `path` is a hub name.
+        verify_timeout_s, max_record_bytes: the `Task` settings (None: 30 s per completion, 8 MiB per line).
     """
 
     name = "stdio"
 
     def __init__(self, path: str | os.PathLike, chat: bool = True, limits: SandboxLimits | None = None,
                  reward: str = "all", pool: SandboxPool | None = None, max_tests: int | None = None,
-                 float_tol: float | None = 1e-6, hub_split: str = "test", hub_config: str | None = None) -> None:
-        super().__init__(chat, limits, reward, pool)
+                 float_tol: float | None = 1e-6, hub_split: str = "test", hub_config: str | None = None,
+                 verify_timeout_s: float | None = None, max_record_bytes: int | None = None) -> None:
+        super().__init__(chat, limits, reward, pool, verify_timeout_s, max_record_bytes)
         self.float_tol = float_tol
         path = os.fspath(path)
         base = os.path.splitext(os.path.basename(path))[0]
         seen: dict[str, int] = {}
-        for lineno, row in read_rows(path, hub_split, hub_config):
+        for lineno, row in read_rows(path, hub_split, hub_config, self.max_record_bytes):
             if "problem" in row and "tests" in row:
                 rec = self._codecontests(row, path, lineno, base)
             elif "description" in row and "test_list" in row:
@@ -153,6 +156,7 @@ class StdioCode(CodeTask):
             if max_tests is not None:
                 rec.reference["inputs"] = rec.reference["inputs"][:max(1, max_tests) + rec.reference["extra"]]
                 rec.reference["outputs"] = rec.reference["outputs"][:len(rec.reference["inputs"])]
+            rec.source = f"{path}:{lineno}"
             seen[rec.id] = seen.get(rec.id, 0) + 1
             if seen[rec.id] > 1:  # the APPS subset repeats some problems: keep them, with distinct ids
                 rec.id = f"{rec.id}#{seen[rec.id]}"

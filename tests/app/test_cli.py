@@ -21,7 +21,7 @@ def inferl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_fit_help_shows_docstrings():
     result = inferl("fit", "--help")
     assert result.returncode == 0, result.stderr
-    assert "completions sampled per prompt in training" in result.stdout  # InferlModule's group_size docstring
+    assert "completions sampled per prompt in training" in result.stdout  # GroupSettings.size's docstring
     assert "prompts per training step per device" in result.stdout  # PromptDataModule's batch_size docstring
     assert "--ckpt_path" in result.stdout
 
@@ -37,7 +37,8 @@ def test_print_config_resolves_demo():
     (["--model.grop_size", "1"], "unrecognized arguments: --model.grop_size"),
     (["--model.policy.init_args.hiden_size", "3"], "'hiden_size' is not accepted"),
     (["--data.train.init_args.path", "no/such/file.jsonl"], "no/such/file.jsonl: no such file"),
-    (["--model.group_size", "1"], "model.group_size must be >= 2"),
+    (["--model.group.size", "1"], "model.group.size must be >= 2"),
+    (["--model.update.minibatches", "0"], "model.update.minibatches must be >= 1, got 0"),
 ])
 def test_bad_input_is_one_explanation(args, says):
     result = inferl("fit", "--config", "configs/demo.yaml", *args)
@@ -71,7 +72,7 @@ def test_fit_resume_and_validate_from_the_command_line(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 3
     checked = inferl("validate", "--config", config, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
-                     "--model.val_samples", "16", "--model.eval_ks", "[1, 16]")
+                     "--model.evaluation.samples", "16", "--model.evaluation.ks", "[1, 16]")
     assert checked.returncode == 0, checked.stderr[-3000:]
     assert "val/pass@1" in checked.stdout
     assert "val/pass@16" in checked.stdout  # the command line's evaluation settings win over the checkpoint's

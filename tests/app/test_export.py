@@ -33,7 +33,7 @@ def run(tmp_path_factory) -> Path:
                                       {"class_path": "callbacks.SupervisedWarmStart", "init_args": {"steps": 2}}]
     config["checkpoint"].update(dirpath=str(root / "ckpt"), every_n_train_steps=1)
     config["model"]["policy"]["init_args"] = POLICY
-    config["model"].update(group_size=4, pass_k=2, val_samples=4)
+    config["model"].update(group={"size": 4, "sampling": {"max_new_tokens": 6}}, evaluation={"samples": 4, "pass_k": 2})
     config["data"].update(batch_size=4)
     config["data"]["train"]["init_args"]["num_records"] = 64
     (root / "demo.yaml").write_text(yaml.safe_dump(config))
@@ -176,7 +176,8 @@ def test_errors_are_one_line(run, tmp_path, capsys):
     assert "no last*.ckpt in" in error_of(run, capsys, "--ckpt_path", "last", "--checkpoint.dirpath",
                                           str(tmp_path / "empty"), *out)
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
-    assert "cannot be read as a checkpoint" in error_of(run, capsys, "--ckpt_path", str(tmp_path / "junk.ckpt"), *out)
+    junk = error_of(run, capsys, "--ckpt_path", str(tmp_path / "junk.ckpt"), *out)
+    assert "junk.ckpt cannot be used: the file is truncated or not a checkpoint" in junk
     assert "is a directory but not a sharded checkpoint" in error_of(run, capsys, "--ckpt_path", str(tmp_path), *out)
 
 

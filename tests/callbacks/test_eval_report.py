@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from callbacks import EvalReport
-from datamodules.records import Verdict
 from datamodules.tasks import Arithmetic
+from datamodules.types import Verdict
+from modules import EvalSettings
 from modules.groups import to_groups
 from modules.metrics import EvalMetrics
 
@@ -38,7 +39,8 @@ class SampledPrompts(L.Callback):
 
 
 def run_test(dirpath: Path, val_samples: int = N) -> tuple[list[dict], SampledPrompts]:
-    module = fit_helpers.tiny_module(val_samples=val_samples, pass_k=2)  # same seed: the same weights every run
+    # same seed: the same weights every run
+    module = fit_helpers.tiny_module(evaluation=EvalSettings(samples=val_samples, pass_k=2))
     data = fit_helpers.tiny_data(val=Arithmetic(num_records=PROMPTS, digits=1, seed=2), val_batch_size=2)
     sampled = SampledPrompts()
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
@@ -73,7 +75,9 @@ def test_report_folder_and_resume_after_interruption(tmp_path, capsys):
 
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["ks"] == [1, 2, 4] and report["prompts"] == PROMPTS and report["resumed_prompts"] == 0
-    assert set(report["curves"]) == {"pass", "maj", "bon"} and list(report["curves"]["pass"]) == ["1", "2", "4"]
+    assert set(report["curves"]) == {"pass", "maj", "bon", "pass^", "bom"} and list(report["curves"]["pass"]) == [
+        "1", "2", "4"]
+    assert list(report["curves"]["pass^"]) == ["1", "2", "4"] and list(report["curves"]["bom"]) == ["2"]
     for name, value in recompute(rows).items():
         assert report["metrics"][name] == pytest.approx(value, abs=1e-9), name
         assert logged[0][name] == pytest.approx(value, abs=1e-6), name  # what the logger got
@@ -81,7 +85,7 @@ def test_report_folder_and_resume_after_interruption(tmp_path, capsys):
     image = matplotlib.image.imread(tmp_path / "curves.png")
     assert image.shape[0] >= 300 and image.shape[1] >= 600 and image.std() > 0.05  # a drawn figure, not blank
     printed = capsys.readouterr().out
-    assert "pass@k" in printed and "bon@k" in printed and "truncated_frac" in printed
+    assert "pass@k" in printed and "bon@k" in printed and "pass^k" in printed and "truncated_frac" in printed
 
     # interrupted while writing prompt 2 (of batch 1): two prompts complete, a partial third, half a line
     text = (tmp_path / "samples.jsonl").read_text().splitlines(keepends=True)
@@ -101,5 +105,5 @@ def test_report_folder_and_resume_after_interruption(tmp_path, capsys):
 
 def test_a_report_made_with_another_n_is_refused(tmp_path):
     run_test(tmp_path, val_samples=2)
-    with pytest.raises(ValueError, match="n = 2 per prompt, this run draws model.val_samples = 4"):
+    with pytest.raises(ValueError, match=r"n = 2 per prompt, this run draws model\.evaluation\.samples = 4"):
         run_test(tmp_path, val_samples=4)

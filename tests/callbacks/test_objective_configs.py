@@ -13,10 +13,19 @@ import torch
 import yaml
 
 from app.cli import main
-from callbacks import BestOfN, BudgetConstrained, MajorityVote, MeanReward, PassAtK, SupervisedWarmStart
+from callbacks import (
+    BestOfN,
+    BudgetConstrained,
+    MajorityVote,
+    MaxLikelihood,
+    MeanReward,
+    PassAtK,
+    PassPowK,
+    SupervisedWarmStart,
+)
 from datamodules import PromptDataModule, Verdict
 from datamodules.tasks import Arithmetic
-from modules import InferlModule, SamplingParams, TinyPolicy
+from modules import EvalSettings, GroupSettings, InferlModule, SamplingParams, TinyPolicy
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEMO_VARIANTS = {
@@ -24,6 +33,8 @@ DEMO_VARIANTS = {
     "demo_majority_vote.yaml": "callbacks.MajorityVote",
     "demo_best_of_n.yaml": "callbacks.BestOfN",
     "demo_budget.yaml": "callbacks.BudgetConstrained",
+    "demo_pass_pow_k.yaml": "callbacks.PassPowK",
+    "demo_max_likelihood.yaml": "callbacks.MaxLikelihood",
 }
 
 
@@ -83,9 +94,9 @@ def test_demo_objective_instantiates_and_fits_the_demo_group_size(name):
     parser.add_argument("--objective", type=Objective)
     objective = parser.instantiate(parser.parse_object({"objective": config["trainer"]["callbacks"][0]})).objective
     assert type(objective) is getattr(callbacks, DEMO_VARIANTS[name].removeprefix("callbacks."))
-    objective.check_group_size(config["model"]["group_size"])  # raises on a k the demo's G cannot serve
-    if DEMO_VARIANTS[name] != "callbacks.BudgetConstrained":
-        assert objective.k == config["model"]["pass_k"]  # trained for the k the demo reports
+    objective.check_group_size(config["model"]["group"]["size"])  # raises on a k the demo's G cannot serve
+    if DEMO_VARIANTS[name] not in ("callbacks.BudgetConstrained", "callbacks.MaxLikelihood"):  # MaxRL: orders 1..G
+        assert objective.k == config["model"]["evaluation"]["pass_k"]  # trained for the k the demo reports
 
 
 @pytest.mark.parametrize("callback,match", [
@@ -130,6 +141,8 @@ class Probe(lightning.Callback):
 OBJECTIVES = {
     "MeanReward": (MeanReward, {}, ["objective/k", "objective/value"]),
     "PassAtK": (PassAtK, {"k": 4}, ["objective/k", "objective/value"]),
+    "PassPowK": (PassPowK, {"k": 4}, ["objective/k", "objective/value"]),
+    "MaxLikelihood": (MaxLikelihood, {}, ["objective/k", "objective/value"]),
     "MajorityVote": (MajorityVote, {"k": 4}, ["objective/k", "objective/value", "objective/exact"]),
     "BestOfN": (BestOfN, {"k": 4}, ["objective/k", "objective/value"]),
     "BudgetConstrained": (BudgetConstrained, {"budget": 3.5, "lr": 0.05},
@@ -151,8 +164,9 @@ def one_thread():
 
 def train_two_steps(objective, task_cls=Arithmetic) -> tuple[InferlModule, Probe]:
     lightning.seed_everything(0, verbose=False)
-    module = InferlModule(policy=TinyPolicy(hidden_size=32, num_layers=1), group_size=8,
-                          sampling=SamplingParams(max_new_tokens=6), val_samples=8, pass_k=4)
+    module = InferlModule(policy=TinyPolicy(hidden_size=32, num_layers=1),
+                          group=GroupSettings(size=8, sampling=SamplingParams(max_new_tokens=6)),
+                          evaluation=EvalSettings(samples=8, pass_k=4))
     probe = Probe()
     # the warm start makes the policy sometimes right: from the random init every reward is 0, every weight of
     # a reward objective is 0 and nothing would move; the probe snapshots the policy after it

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks import TensorBoardExtras
 from callbacks.tensorboard_extras import layout
+from modules import KLSettings
 
 _spec = importlib.util.spec_from_file_location("fit_helpers",
                                               Path(__file__).resolve().parents[1] / "modules" / "fit_helpers.py")
@@ -25,7 +26,7 @@ def test_layout_histograms_eval_ks_and_progress_bar(tmp_path):
     trainer = fit_helpers.tiny_trainer(4, [TensorBoardExtras(every_n_steps=2)], logger=logger, log_every_n_steps=1,
                                        limit_val_batches=None, val_check_interval=2, check_val_every_n_epoch=None,
                                        num_sanity_val_steps=-1)
-    trainer.fit(fit_helpers.tiny_module(kl_coef=0.05), datamodule=fit_helpers.tiny_data())
+    trainer.fit(fit_helpers.tiny_module(kl=KLSettings(coef=0.05)), datamodule=fit_helpers.tiny_data())
     events = EventAccumulator(glob.glob(f"{logger.log_dir}/events.out.tfevents*")[0],
                               size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
     events.Reload()

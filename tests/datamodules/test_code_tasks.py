@@ -7,21 +7,18 @@ datasets run under `-m slow` (about a minute on 2 cores)."""
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import pytest
+from data_paths import data_file
 
-from datamodules.records import DataError, PromptRecord, Verdict
+from datamodules.records import DataError
 from datamodules.sandbox import SandboxPool
 from datamodules.tasks import MBPP, HumanEval, StdioCode, load_task
 from datamodules.tasks.base import looks_like_hub_name
 from datamodules.tasks.code_tasks import extract_code, humaneval_program, outputs_match
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_paths import data_file  # noqa: E402
+from datamodules.types import PromptRecord, Verdict
 
 # HumanEval records whose prompts define helpers the tests use (10, 32, 38, 50) or that are otherwise unusual
 HUMANEVAL_FAST = [f"HumanEval/{i}" for i in (0, 1, 2, 3, 10, 12, 22, 32, 38, 50, 53, 87, 129, 151, 160, 163)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from datamodules.datamodule import PaddingBatch, rank_batches
-from datamodules.records import PromptRecord
+from datamodules.types import PromptRecord
 
 
 def records(n: int) -> list[PromptRecord]:

@@ -5,17 +5,14 @@ equivalent answers vote together, and bad rows are reported with their file and 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from data_paths import data_file
 
-from datamodules.math_answers import answer_key, find_boxed
+from datamodules.math.answers import answer_key, find_boxed
 from datamodules.records import DataError
 from datamodules.tasks import GSM8K, MATH, load_task
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_paths import data_file  # noqa: E402
 
 pytest.importorskip("math_verify")
 
@@ -73,7 +70,7 @@ def test_equivalent_answers_vote_together():
     record = next(r for r in task.records if r.reference == "\\frac{14}{3}")
     forms = ["\\boxed{\\frac{14}{3}}", "so it is $\\boxed{\\dfrac{14}{3}}$.", "\\boxed{14/3}",
              "The answer is $4\\frac23$."]
-    verdicts = task.verify_batch([record] * 4 + [record], forms + ["\\boxed{4.67}"])
+    verdicts = task.verify_batch([record] * 4 + [record], [*forms, "\\boxed{4.67}"])
     assert [v.reward for v in verdicts] == [1.0, 1.0, 1.0, 1.0, 0.0]
     assert len({v.answer for v in verdicts[:4]}) == 1 and verdicts[4].answer != verdicts[0].answer
 

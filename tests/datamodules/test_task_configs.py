@@ -5,18 +5,15 @@ loaded), and its data section builds the real tasks from the local data paths.""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from data_paths import REPO, data_file
 from jsonargparse import ArgumentParser
 
 from app.cli import main
 from datamodules import PromptDataModule
 from datamodules.tasks import GSM8K, MATH, MBPP, HumanEval, StdioCode
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_paths import REPO, data_file  # noqa: E402
 
 CONFIGS = REPO / "configs"
 OBJECTIVES = {"mean_reward": "callbacks.MeanReward", "pass_at_k": "callbacks.PassAtK",

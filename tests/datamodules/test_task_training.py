@@ -6,21 +6,18 @@ instead of crashing the run."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
+from data_paths import data_file
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks import MeanReward
 from datamodules import PromptDataModule
 from datamodules.tasks import GSM8K, MBPP, load_task
-from modules import InferlModule, SamplingParams, TinyPolicy
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_paths import data_file  # noqa: E402
+from modules import EvalSettings, GroupSettings, InferlModule, SamplingParams, TinyPolicy
 
 TASKS = {
     "gsm8k": ("gsm8k", "test.jsonl"),
@@ -42,7 +39,8 @@ def shortest(task, n: int = 4):
 def fit_two_steps(task, tmp_path: Path) -> tuple[L.Trainer, InferlModule, Path]:
     L.seed_everything(0, verbose=False)
     module = InferlModule(policy=TinyPolicy(alphabet=None, hidden_size=32, num_layers=1, max_position_embeddings=4096),
-                          group_size=2, sampling=SamplingParams(max_new_tokens=16), val_samples=2, pass_k=1)
+                          group=GroupSettings(size=2, sampling=SamplingParams(max_new_tokens=16)),
+                          evaluation=EvalSettings(samples=2, pass_k=1))
     logger = TensorBoardLogger(save_dir=str(tmp_path), name="run", version=0)
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=logger, callbacks=[MeanReward()],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

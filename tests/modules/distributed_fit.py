@@ -27,11 +27,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
-from callbacks.objective import Groups, Objective  # noqa: E402
 from fit_helpers import tiny_data, tiny_module  # noqa: E402
-from modules import SamplingParams  # noqa: E402
+
+from datamodules.types import Groups  # noqa: E402
+from modules import CriticSettings, KLSettings, SamplingParams, UpdateSettings  # noqa: E402
 from modules.checkpoint_io import AtomicCheckpointIO  # noqa: E402
-from modules.sampler import sample  # noqa: E402
+from modules.hparams import GroupSettings  # noqa: E402
+from modules.objective import Objective  # noqa: E402
+from modules.rollout.sampler import sample  # noqa: E402
+
+#: the settings groups a run may set (build's module_args)
+SETTINGS = {"group": GroupSettings, "update": UpdateSettings, "kl": KLSettings, "critic": CriticSettings}
 
 
 class ShiftedReward(Objective):
@@ -64,8 +70,8 @@ class Recorder(L.Callback):
             eos = list(range(len(pl_module.tokenizer))) if trainer.global_rank == 0 else []
             with torch.no_grad():
                 greedy = SamplingParams(max_new_tokens=6, temperature=0)
-                samples = sample(pl_module.policy, [[5, 6, 7], [8, 9]], 2, greedy,
-                                 eos_ids=eos or [10**6], pad_id=0, keep_going=pl_module.keep_decoding)
+                samples = sample(pl_module.policy, [[5, 6, 7], [8, 9]], 2, greedy, eos_ids=eos or [10**6], pad_id=0,
+                                 keep_going=lambda done: pl_module.any_rank_samples(not done))
             self.record["uneven_lengths"] = samples.completion_lengths.tolist()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -92,14 +98,14 @@ class StatsTap(L.Callback):
     """Keeps the module's latest update statistics (the per-rank loss before the cross-rank reduction)."""
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        update = pl_module.update
+        optimize = pl_module.optimize
 
         def tapped(*args, **kwargs):
-            stats = update(*args, **kwargs)
+            stats = optimize(*args, **kwargs)
             pl_module.last_stats = stats
             return stats
 
-        pl_module.update = tapped
+        pl_module.optimize = tapped
 
 
 def strategy_for(name: str):
@@ -117,11 +123,14 @@ def strategy_for(name: str):
 def build(strategy: str, devices: int, batch_size: int, steps: int, out: Path, tag: str,
           uneven_generation: bool = False, accelerator: str = "cpu",
           **module_args) -> tuple[L.Trainer, L.LightningModule, L.LightningDataModule]:
-    """The trainer, module and data of a run; `module_args` go to InferlModule (e.g. kl_coef, critic)."""
-    settings = dict(group_size=2, sampling=SamplingParams(max_new_tokens=5, temperature=0.0),
-                    loss_aggregation="sequence-mean", ppo_epochs=2,
-                    optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
-    module = tiny_module(**{**settings, **module_args})
+    """The trainer, module and data of a run; `module_args` are InferlModule's settings groups as dicts, over these
+    defaults (e.g. kl={"coef": 0.1}, critic={"kind": "shared"})."""
+    settings = {"group": {"size": 2, "sampling": SamplingParams(max_new_tokens=5, temperature=0.0)},
+                "update": {"loss_aggregation": "sequence-mean", "ppo_epochs": 2}}
+    for name, values in module_args.items():
+        settings[name] = {**settings.get(name, {}), **values}
+    module = tiny_module(optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
+                         **{name: SETTINGS[name](**values) for name, values in settings.items()})
     data = tiny_data(batch_size=batch_size)
     trainer = L.Trainer(
         max_steps=steps, accelerator=accelerator, devices=devices, strategy=strategy_for(strategy), logger=False,

@@ -8,7 +8,7 @@ import torch
 from callbacks import MeanReward
 from datamodules import PromptDataModule
 from datamodules.tasks import Arithmetic
-from modules import InferlModule, SamplingParams, TinyPolicy
+from modules import EvalSettings, GroupSettings, InferlModule, SamplingParams, TinyPolicy
 
 
 class PromptLog(L.Callback):
@@ -22,8 +22,9 @@ class PromptLog(L.Callback):
 
 
 def tiny_module(**kwargs) -> InferlModule:
-    settings = dict(policy=TinyPolicy(hidden_size=32, num_layers=2, intermediate_size=64, seed=0), group_size=4,
-                    sampling=SamplingParams(max_new_tokens=5), val_samples=4, pass_k=2,
+    settings = dict(policy=TinyPolicy(hidden_size=32, num_layers=2, intermediate_size=64, seed=0),
+                    group=GroupSettings(size=4, sampling=SamplingParams(max_new_tokens=5)),
+                    evaluation=EvalSettings(samples=4, pass_k=2),
                     optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2))
     settings.update(kwargs)
     return InferlModule(**settings)

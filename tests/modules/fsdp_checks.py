@@ -6,8 +6,8 @@ Each rank shards a tiny policy with modules.sharding.shard_causal_lm and
    logprobs._shares_prefix), backward, and compares values and gathered gradients with one process's on the
    whole batch, with and without the shared-prompt path (the gradient of the mean of the two halves' losses, as
    FSDP2 averages over ranks);
-2. samples with modules.sampler.sample where rank 0's completions all end at their first token and rank 1's run
-   to max_new_tokens, with `keep_going` reducing "done" over ranks (InferlModule.keep_decoding): it must not hang;
+2. samples with modules.rollout.sampler.sample where rank 0's completions all end at their first token and rank 1's run
+   to max_new_tokens, with `keep_going` reducing "done" over ranks (InferlModule.any_rank_samples): it must not hang;
 3. runs a no-grad call (the reference path) and checks the root is resharded after it;
 4. calls InferlModule.configure_model twice on a module with a reference, a critic LM and a value head: all are
    sharded, the second call changes nothing.
@@ -59,7 +59,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
 
     from modules import TinyPolicy
     from modules import logprobs as lp
-    from modules.sampler import SamplingParams, sample
+    from modules.rollout.sampler import SamplingParams, sample
     from modules.sharding import shard_causal_lm
 
     results: dict = {}
@@ -91,7 +91,8 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
             if not shared:
                 lp._shares_prefix = lp_shares
 
-    # generation with ranks finishing at different lengths; `keep_going` as InferlModule.keep_decoding does it
+    # generation with ranks finishing at different lengths; `keep_going` as TorchRollout does it
+    # (InferlModule.any_rank_samples)
     model = source.load_model().eval()
     shard_causal_lm(model, mesh)
     forwards = {"count": 0}
@@ -117,10 +118,12 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     from types import SimpleNamespace
 
     from fit_helpers import tiny_module
+
+    from modules import KLSettings
     from modules.logprobs import is_fsdp as is_sharded
     from modules.sharding import FSDP2Strategy
 
-    module = tiny_module(kl_coef=0.1)
+    module = tiny_module(kl=KLSettings(coef=0.1))
     module.critic = source.load_model()
     module.value_head = torch.nn.Linear(32, 1)
     module._device_mesh = init_device_mesh("cpu", (world, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))

@@ -7,8 +7,16 @@ import math
 import pytest
 import torch
 
-from modules.losses import (aggregate, clipped_policy_loss, clipped_value_loss, gae, kl_penalty, terminal_rewards,
-                            whiten)
+from modules.losses import (
+    aggregate,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    kl_penalty,
+    terminal_rewards,
+    truncated_importance_weights,
+    whiten,
+)
 
 
 def test_clipped_policy_loss_by_hand():
@@ -115,3 +123,22 @@ def test_clipped_value_loss_by_hand():
     assert clipped.tolist() == [[1.0, 0.0, 0.0]]
     plain, _ = clipped_value_loss(new, old, returns, clip=None)
     assert torch.allclose(plain, torch.tensor([[0.125, 0.405, 1.125]]))
+
+
+def test_truncated_importance_weights_by_hand():
+    trainer = torch.tensor([[0.5, 0.2, 0.9], [0.9, 0.3, 0.3]]).log()
+    engine = torch.tensor([[0.25, 0.4, 0.1], [0.1, 0.3, 0.6]]).log()
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    weights = truncated_importance_weights(trainer, engine, mask, cap=3.0)
+    # ratios p/q: 2, 0.5, (9: padding -> 0) | 9 -> capped at 3, 1, 0.5
+    assert torch.allclose(weights, torch.tensor([[2.0, 0.5, 0.0], [3.0, 1.0, 0.5]]))
+    with pytest.raises(ValueError, match="cap must be >= 1"):
+        truncated_importance_weights(trainer, engine, mask, cap=0.5)
+
+
+def test_importance_weights_correct_the_sampling_distribution_when_uncapped():
+    # E_q[w f] = E_p[f] exactly when the cap is above every ratio (here p/q <= 4)
+    p, q = torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0.4, 0.3, 0.2, 0.1])
+    f = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    weights = truncated_importance_weights(p.log()[None], q.log()[None], torch.ones(1, 4), cap=4.0)[0]
+    assert float((q * weights * f).sum()) == pytest.approx(float((p * f).sum()))

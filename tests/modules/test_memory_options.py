@@ -8,13 +8,13 @@ from pathlib import Path
 import bitsandbytes as bnb
 import pytest
 import torch
-
-from datamodules.records import Verdict
 from fit_helpers import tiny_data, tiny_module, tiny_trainer
-from modules import LoraParams, PretrainedPolicy, TinyPolicy
+
+from datamodules.types import Samples, Verdict
+from modules import KLSettings, LoraParams, MemorySettings, PretrainedPolicy, TinyPolicy
 from modules.logprobs import token_logprobs
 from modules.module import samples_rows
-from modules.sampler import Samples, SamplingParams, sample
+from modules.rollout.sampler import SamplingParams, sample
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(lora):
     modules = []
     for checkpointing in (False, True):
         torch.manual_seed(0)  # the same LoRA initialisation
-        modules.append(tiny_module(lora=lora, gradient_checkpointing=checkpointing))
+        modules.append(tiny_module(memory=MemorySettings(lora=lora, gradient_checkpointing=checkpointing)))
     plain, checkpointed = modules
     samples = rollout(plain)
     recomputed = count_recomputation(checkpointed.policy)
@@ -100,7 +100,8 @@ def test_gradient_checkpointing_fit_step_with_a_pretrained_policy(tmp_path):
     source = TinyPolicy(hidden_size=32, num_layers=2, intermediate_size=64)
     source.load_model().save_pretrained(tmp_path)
     source.load_tokenizer().save_pretrained(tmp_path)
-    module = tiny_module(policy=PretrainedPolicy(str(tmp_path)), gradient_checkpointing=True, kl_coef=0.1)
+    module = tiny_module(policy=PretrainedPolicy(str(tmp_path)), kl=KLSettings(coef=0.1),
+                         memory=MemorySettings(gradient_checkpointing=True))
     recomputed = count_recomputation(module.policy)
     before = snapshot(module.policy)
     tiny_trainer(2).fit(module, datamodule=rewarding_data())
@@ -110,7 +111,7 @@ def test_gradient_checkpointing_fit_step_with_a_pretrained_policy(tmp_path):
 
 # ------------------------------------------------------------------------------------------ bf16
 def test_bf16_mixed_fit_step_on_cpu():
-    module = tiny_module(kl_coef=0.1)
+    module = tiny_module(kl=KLSettings(coef=0.1))
     before = snapshot(module.policy)
     tiny_trainer(2, precision="bf16-mixed").fit(module, datamodule=rewarding_data())
     assert module.policy.dtype == torch.float32  # mixed: float32 weights, bf16 autocast
@@ -121,7 +122,7 @@ def test_bf16_true_fit_step_with_a_bf16_policy(tmp_path):
     source = TinyPolicy(hidden_size=32, num_layers=2, intermediate_size=64)
     source.load_model().save_pretrained(tmp_path)
     source.load_tokenizer().save_pretrained(tmp_path)
-    module = tiny_module(policy=PretrainedPolicy(str(tmp_path), dtype="bfloat16"), kl_coef=0.1)
+    module = tiny_module(policy=PretrainedPolicy(str(tmp_path), dtype="bfloat16"), kl=KLSettings(coef=0.1))
     assert module.policy.dtype == torch.bfloat16 and module.reference.dtype == torch.bfloat16
     before = snapshot(module.policy)
     tiny_trainer(2, precision="bf16-true").fit(module, datamodule=rewarding_data())
@@ -144,7 +145,7 @@ def test_adamw8bit_from_class_path_fit_step(tmp_path):
         "checkpoint": {"dirpath": str(tmp_path)},
         "model": {"policy": {"class_path": "modules.TinyPolicy",
                              "init_args": {"hidden_size": 64, "num_layers": 2, "intermediate_size": 128}},
-                  "group_size": 4, "val_samples": 4, "pass_k": 2, "sampling": {"max_new_tokens": 5},
+                  "group": {"size": 4, "sampling": {"max_new_tokens": 5}}, "evaluation": {"samples": 4, "pass_k": 2},
                   "optimizer": {"class_path": "bitsandbytes.optim.AdamW8bit", "init_args": {"lr": 0.01}}},
         "data": {"train": {"class_path": "datamodules.tasks.Arithmetic", "init_args": {"num_records": 40, "digits": 1}},
                  "batch_size": 4},
@@ -163,7 +164,7 @@ def test_adamw8bit_from_class_path_fit_step(tmp_path):
 
 # ------------------------------------------------------------------------------------------ LoRA and QLoRA
 def test_lora_trains_only_the_adapters():
-    module = tiny_module(lora=LoraParams(rank=4, alpha=8), kl_coef=0.1)
+    module = tiny_module(kl=KLSettings(coef=0.1), memory=MemorySettings(lora=LoraParams(rank=4, alpha=8)))
     trainable = {name for name, p in module.policy.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)
     before = snapshot(module.policy)
@@ -175,7 +176,8 @@ def test_lora_trains_only_the_adapters():
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_quantized_base_with_lora_fit_step_changes_only_the_adapters(quantization):
-    module = tiny_module(policy=qlora_policy(quantization), lora=LoraParams(rank=4, alpha=8), kl_coef=0.1)
+    module = tiny_module(policy=qlora_policy(quantization), kl=KLSettings(coef=0.1),
+                         memory=MemorySettings(lora=LoraParams(rank=4, alpha=8)))
     kind = bnb.nn.Linear4bit if quantization == "4bit" else bnb.nn.Linear8bitLt
     assert isinstance(module.policy.get_decoder().layers[0].mlp.up_proj.base_layer, kind)
     assert module.reference_kind == "adapters"
@@ -192,7 +194,7 @@ def test_pretrained_policy_loads_4bit_for_qlora(dtype, tmp_path):
     source.load_model().save_pretrained(tmp_path)
     source.load_tokenizer().save_pretrained(tmp_path)
     policy = PretrainedPolicy(str(tmp_path), dtype=dtype, quantization="4bit")
-    module = tiny_module(policy=policy, lora=LoraParams(rank=4), kl_coef=0.1)
+    module = tiny_module(policy=policy, kl=KLSettings(coef=0.1), memory=MemorySettings(lora=LoraParams(rank=4)))
     layer = module.policy.get_decoder().layers[0].mlp.up_proj.base_layer
     assert isinstance(layer, bnb.nn.Linear4bit)
     assert layer.compute_dtype == {"auto": torch.float32, "bfloat16": torch.bfloat16}[dtype]  # the stored dtype
@@ -203,7 +205,7 @@ def test_pretrained_policy_loads_4bit_for_qlora(dtype, tmp_path):
 def test_qlora_gradients_are_unchanged_by_a_rollout():
     """On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights at the first eval-mode no-grad forward into a
     layout whose matmul has no backward (wrong gradients, no error); modules.policy.patch_bnb_layers turns that off."""
-    module = tiny_module(policy=qlora_policy("4bit"), lora=LoraParams(rank=4, alpha=8))
+    module = tiny_module(policy=qlora_policy("4bit"), memory=MemorySettings(lora=LoraParams(rank=4, alpha=8)))
     with torch.no_grad():
         for name, p in module.policy.named_parameters():
             if "lora_B" in name:
@@ -223,11 +225,13 @@ def test_qlora_resumes_from_a_checkpoint(tmp_path):
     into a module built from another seed, and training goes on from the saved weights."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    first = tiny_module(policy=qlora_policy("4bit"), lora=LoraParams(rank=4, alpha=8), kl_coef=0.1)
+    first = tiny_module(policy=qlora_policy("4bit"), kl=KLSettings(coef=0.1),
+                        memory=MemorySettings(lora=LoraParams(rank=4, alpha=8)))
     tiny_trainer(1, [ModelCheckpoint(dirpath=tmp_path, save_last=True)], enable_checkpointing=True).fit(
         first, datamodule=rewarding_data())
     saved = snapshot(first.policy)
-    resumed = tiny_module(policy=qlora_policy("4bit", seed=5), lora=LoraParams(rank=4, alpha=8), kl_coef=0.1)
+    resumed = tiny_module(policy=qlora_policy("4bit", seed=5), kl=KLSettings(coef=0.1),
+                          memory=MemorySettings(lora=LoraParams(rank=4, alpha=8)))
     trainer = tiny_trainer(1, enable_checkpointing=False)  # max_steps 1 reached: restores, runs no step
     trainer.fit(resumed, datamodule=rewarding_data(), ckpt_path=str(tmp_path / "last.ckpt"))
     assert trainer.global_step == 1
@@ -241,7 +245,7 @@ def cuda_trainer(steps: int, **kwargs):
 
 @pytest.mark.gpu
 def test_bf16_mixed_fit_step_on_cuda():
-    module = tiny_module(kl_coef=0.1)
+    module = tiny_module(kl=KLSettings(coef=0.1))
     before = snapshot(module.policy)
     cuda_trainer(2, precision="bf16-mixed").fit(module, datamodule=rewarding_data())
     assert module.policy.device.type == "cuda"
@@ -253,7 +257,8 @@ def test_bf16_mixed_fit_step_on_cuda():
 def test_quantized_reference_on_cuda(kind):
     from modules.losses import kl_penalty
 
-    exact, quantized = tiny_module(kl_coef=0.1, reference="copy"), tiny_module(kl_coef=0.1, reference=kind)
+    exact = tiny_module(kl=KLSettings(coef=0.1, reference="copy"))
+    quantized = tiny_module(kl=KLSettings(coef=0.1, reference=kind))
     exact.cuda()
     quantized.cuda()  # as Lightning moves it (Module._apply): the bitsandbytes kernels run on CUDA from here
     with torch.no_grad():  # move the policy away from the (initial) references, so that the KL is not ~0
@@ -279,7 +284,8 @@ def test_quantized_reference_on_cuda(kind):
 @pytest.mark.gpu
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_qlora_fit_step_on_cuda(quantization):
-    module = tiny_module(policy=qlora_policy(quantization), lora=LoraParams(rank=4, alpha=8), kl_coef=0.1)
+    module = tiny_module(policy=qlora_policy(quantization), kl=KLSettings(coef=0.1),
+                         memory=MemorySettings(lora=LoraParams(rank=4, alpha=8)))
     before = snapshot(module.policy)
     cuda_trainer(2, precision="bf16-mixed").fit(module, datamodule=rewarding_data())
     moved = {name for name, value in module.policy.state_dict().items() if not torch.equal(value.cpu(), before[name])}
@@ -312,7 +318,7 @@ def test_memory_overlays_build_with_the_demo(overlay, monkeypatch):
 
     monkeypatch.setattr(sys, "argv", ["inferl"])
     monkeypatch.chdir(REPO)
-    args = ["--config", "configs/demo.yaml", "--config", f"configs/memory/{overlay}.yaml", "--model.kl_coef", "0.1"]
+    args = ["--config", "configs/demo.yaml", "--config", f"configs/memory/{overlay}.yaml", "--model.kl.coef", "0.1"]
     cli = InferlCLI(InferlModule, PromptDataModule, args=args, run=False, auto_configure_optimizers=False,
                     save_config_callback=None)
     module = cli.model
@@ -323,7 +329,8 @@ def test_memory_overlays_build_with_the_demo(overlay, monkeypatch):
         assert all("lora_" in name for name, p in module.policy.named_parameters() if p.requires_grad)
     if overlay == "qlora":
         assert isinstance(module.policy.get_decoder().layers[0].mlp.up_proj.base_layer, bnb.nn.Linear4bit)
-        assert module.policy.is_activation_checkpointing and cli.trainer.precision == "bf16-mixed"
+        assert any(getattr(m, "gradient_checkpointing", False) is True for m in module.policy.modules())
+        assert cli.trainer.precision == "bf16-mixed"
 
 
 def test_low_memory_overlay_parses_with_a_task_config(monkeypatch, capsys):
@@ -344,4 +351,4 @@ def test_low_memory_overlay_parses_with_a_task_config(monkeypatch, capsys):
     assert printed["trainer"]["precision"] == "bf16-true"
     assert printed["model"]["policy"]["init_args"]["dtype"] == "bfloat16"
     assert printed["model"]["optimizer"]["class_path"] == "bitsandbytes.optim.AdamW8bit"
-    assert printed["model"]["gradient_checkpointing"] is True
+    assert printed["model"]["memory"]["gradient_checkpointing"] is True

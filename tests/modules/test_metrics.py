@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from callbacks.objective import Groups
-from modules.metrics import BestOfNAtK, EvalMetrics, MajorityAtK, MaxAtK, PassAtK, ResponseStats, SolveRateHistogram
+from datamodules.types import Groups
+from modules.metrics import BestOfNAtK, EvalMetrics, MajorityAtK, PassAtK, SolveRateHistogram
 
 _spec = importlib.util.spec_from_file_location(
-    "brute_force", Path(__file__).resolve().parents[1] / "callbacks" / "brute_force.py")
+    "brute_force", Path(__file__).resolve().parents[1] / "callbacks" / "estimators" / "brute_force.py")
 bf = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bf)
 
@@ -45,10 +45,9 @@ def brute_mean(rows: list, fn) -> float:
 def test_per_k_metrics_equal_brute_force_over_several_updates(binary):
     ks, n = [1, 2, 3, 5, 7], 7
     batches = [random_groups(b, n, seed, binary) for seed, b in enumerate([3, 1, 4])]
-    pass_at, max_at, maj_at, bon_at = PassAtK(ks), MaxAtK(ks), MajorityAtK(ks), BestOfNAtK(ks)
+    pass_at, maj_at, bon_at = PassAtK(ks), MajorityAtK(ks), BestOfNAtK(ks)
     for groups, _ in batches:
         pass_at.update(groups.rewards)
-        max_at.update(groups.rewards)
         maj_at.update(groups.answer_ids, groups.rewards)
         bon_at.update(groups.rewards, groups.scores)
     rewards = torch.cat([g.rewards for g, _ in batches]).tolist()
@@ -57,7 +56,6 @@ def test_per_k_metrics_equal_brute_force_over_several_updates(binary):
     for i, k in enumerate(ks):
         expected_pass = brute_mean([(r, k) for r in rewards], bf.pass_at_k)
         assert pass_at.compute()[i].item() == pytest.approx(expected_pass, abs=1e-12)
-        assert max_at.compute()[i].item() == pytest.approx(expected_pass, abs=1e-12)
         expected_maj = brute_mean([(a, r, k) for a, r in zip(answers, rewards)], bf.majority_at_k)
         assert maj_at.compute()[i].item() == pytest.approx(expected_maj, abs=1e-12)
         expected_bon = brute_mean([(r, s, k) for r, s in zip(rewards, scores)], bf.bon_at_k)
@@ -84,6 +82,14 @@ def test_eval_metrics_names_lengths_truncation_and_histogram():
     metrics.reset()
     metrics.update(groups, finished)
     assert metrics.compute() == values  # reset starts over
+
+
+def test_one_sample_a_prompt_and_k_1_only_is_a_valid_evaluation():
+    groups, finished = random_groups(3, 1, seed=1)  # greedy evaluation: n = 1, ks = [1]
+    values = EvalMetrics(ks=[1], pass_k=1)
+    values.update(groups, finished)
+    values = values.compute()
+    assert values["pass@1"] == values["pass@k"] == values["pass^1"] == pytest.approx(groups.rewards.mean().item())
 
 
 def test_bon_is_left_out_without_scores_and_too_few_samples_is_an_error():
@@ -149,11 +155,12 @@ def test_ddp_reduction_over_two_processes_equals_one_process(tmp_path):
 
 
 def test_eval_ks_default_and_bad_values():
-    from modules.module import ConfigError
-    from modules.settings import resolve_eval_ks
+    from modules import ConfigError, EvalSettings
 
-    assert resolve_eval_ks(None, pass_k=4, val_samples=32) == [1, 2, 4, 8, 16, 32]
-    assert resolve_eval_ks(None, pass_k=3, val_samples=12) == [1, 2, 3, 4, 8]
-    assert resolve_eval_ks([6], pass_k=3, val_samples=8) == [1, 3, 6]  # 1 and pass_k always (val/pass@1, val/pass@k)
-    with pytest.raises(ConfigError, match="model.eval_ks .* model.val_samples = 8"):
-        resolve_eval_ks([4, 16], pass_k=3, val_samples=8)
+    assert EvalSettings(pass_k=4, samples=32).curve_ks == [1, 2, 4, 8, 16, 32]
+    assert EvalSettings(pass_k=3, samples=12).curve_ks == [1, 2, 3, 4, 8]
+    assert EvalSettings(ks=[6], pass_k=3, samples=8).curve_ks == [1, 3, 6]  # 1 and pass_k always (val/pass@1, @k)
+    with pytest.raises(ConfigError, match=r"model\.evaluation\.ks .* model\.evaluation\.samples = 8"):
+        EvalSettings(ks=[4, 16], pass_k=3, samples=8)
+    with pytest.raises(ConfigError, match=r"model\.evaluation\.pass_k must be between 1 and"):
+        EvalSettings(pass_k=9, samples=8)

@@ -8,11 +8,11 @@ import math
 import lightning as L
 import pytest
 import torch
+from fit_helpers import tiny_data, tiny_module
 
 from callbacks import BestOfN
-from callbacks.objective import Objective
-from fit_helpers import tiny_data, tiny_module
-from modules import ConfigError, TinyPolicy
+from modules import ConfigError, CriticSettings, KLSettings, LoraParams, MemorySettings, TinyPolicy, UpdateSettings
+from modules.objective import Objective
 
 
 class FixedWeights(Objective):
@@ -40,8 +40,9 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e
 def test_zero_initialised_critic_gives_the_critic_free_first_step():
     # gamma = lambda = 1 and V = 0: GAE's advantage is the sequence weight at every token; the value loss cannot
     # reach the trunk through a zero head, and Adam steps each parameter on its own gradient
-    plain = tiny_module(max_grad_norm=None)
-    ppo = tiny_module(max_grad_norm=None, critic="shared", gamma=1.0, gae_lambda=1.0)
+    plain = tiny_module(update=UpdateSettings(max_grad_norm=None))
+    ppo = tiny_module(update=UpdateSettings(max_grad_norm=None),
+                      critic=CriticSettings(kind="shared", gamma=1.0, gae_lambda=1.0))
     fit(plain, 1)
     fit(ppo, 1)
     assert_same_weights(ppo.policy, plain.policy)
@@ -50,8 +51,10 @@ def test_zero_initialised_critic_gives_the_critic_free_first_step():
 
 def test_micro_batched_ppo_update_equals_the_minibatch_update():
     # plain SGD: Adam's first steps would amplify float rounding of near-zero gradients
-    whole, micro = (tiny_module(critic="shared", ppo_epochs=2, minibatches=2, micro_batch_size=size, kl_coef=0.1,
-                                whiten_advantages=True, optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
+    whole, micro = (tiny_module(optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
+                                update=UpdateSettings(ppo_epochs=2, minibatches=2, micro_batch_size=size,
+                                                      whiten_advantages=True),
+                                kl=KLSettings(coef=0.1), critic=CriticSettings(kind="shared"))
                     for size in (None, 3))
     fit(whole, 2)
     fit(micro, 2)
@@ -60,8 +63,9 @@ def test_micro_batched_ppo_update_equals_the_minibatch_update():
 
 
 def test_separate_critic_trains_only_itself():
-    plain = tiny_module(max_grad_norm=None)
-    ppo = tiny_module(max_grad_norm=None, critic="separate", gamma=1.0, gae_lambda=1.0)
+    plain = tiny_module(update=UpdateSettings(max_grad_norm=None))
+    ppo = tiny_module(update=UpdateSettings(max_grad_norm=None),
+                      critic=CriticSettings(kind="separate", gamma=1.0, gae_lambda=1.0))
     critic_before = {n: v.clone() for n, v in ppo.critic.state_dict().items()}
     fit(plain, 1)
     fit(ppo, 1)
@@ -72,41 +76,42 @@ def test_separate_critic_trains_only_itself():
 
 
 def test_value_head_scores_best_of_n():
-    module = tiny_module(critic="shared")
+    module = tiny_module(critic=CriticSettings(kind="shared"))
     objective = fit(module, 2, BestOfN(k=2, score="value"))
     assert math.isfinite(objective.metrics()["objective/value"])
     assert module.last_rollout.weights.shape == (4, 4)
 
     recorder = FixedWeights()
-    fit(tiny_module(critic="shared"), 1, recorder)
+    fit(tiny_module(critic=CriticSettings(kind="shared")), 1, recorder)
     assert recorder.seen_values is not None and recorder.seen_values.shape == (4, 4)
     with pytest.raises(ValueError, match="no value head"):
         fit(tiny_module(), 1, BestOfN(k=2, score="value"))
 
 
 @pytest.mark.parametrize("settings, key", [
-    ({"critic": "shared", "value_clip": 0.0}, "model.value_clip"),
-    ({"critic": "shared", "gamma": 1.5}, "model.gamma"),
-    ({"critic": "shared", "value_coef": 0.0}, "model.value_coef"),
-    ({"critic": "shared", "critic_source": TinyPolicy()}, "model.critic_source"),
-    ({"critic": "separate", "critic_source": TinyPolicy(alphabet=None)}, "model.critic_source"),
+    ({"kind": "shared", "value_clip": 0.0}, "model.critic.value_clip"),
+    ({"kind": "shared", "gamma": 1.5}, "model.critic.gamma"),
+    ({"kind": "shared", "value_coef": 0.0}, "model.critic.value_coef"),
+    ({"kind": "shared", "model": TinyPolicy()}, "model.critic.model"),
+    ({"kind": "separate", "model": TinyPolicy(alphabet=None)}, "model.critic.model"),
 ])
 def test_bad_critic_settings_name_the_key(settings, key):
     with pytest.raises(ConfigError, match=key):
-        tiny_module(**settings)
+        tiny_module(critic=CriticSettings(**settings))
 
 
 def test_separate_critic_cannot_be_quantized():
-    with pytest.raises(ConfigError, match="model.critic_source"):
-        tiny_module(critic="separate", lora={"rank": 4}, policy=TinyPolicy(hidden_size=32, num_layers=2,
-                                                                            intermediate_size=64, quantization="4bit"))
+    with pytest.raises(ConfigError, match=r"model\.critic\.model"):
+        tiny_module(policy=TinyPolicy(hidden_size=32, num_layers=2, intermediate_size=64, quantization="4bit"),
+                    critic=CriticSettings(kind="separate"), memory=MemorySettings(lora=LoraParams(rank=4)))
 
 
 def test_logged_losses_do_not_depend_on_micro_batching():
     logged = []
     for size in (None, 3):
-        module = tiny_module(critic="shared", minibatches=2, micro_batch_size=size,
-                             optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+        module = tiny_module(optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+                             update=UpdateSettings(minibatches=2, micro_batch_size=size),
+                             critic=CriticSettings(kind="shared"))
         trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                             limit_val_batches=0, callbacks=[FixedWeights()])

@@ -8,13 +8,14 @@ import io
 
 import pytest
 import torch
-
 from fit_helpers import tiny_data, tiny_module
-from modules import ConfigError, LoraParams, TinyPolicy
+
+from datamodules.types import Samples
+from modules import ConfigError, KLSettings, LoraParams, MemorySettings, TinyPolicy
 from modules.losses import kl_penalty
 from modules.policy import quantized_copy
 from modules.reference import AdapterReference, freeze, reference_model, weight_bytes
-from modules.sampler import Samples, SamplingParams, sample
+from modules.rollout.sampler import SamplingParams, sample
 
 KINDS = ["copy", "8bit", "4bit", "adapters"]
 #: |KL - exact KL| / exact KL, and the mean |log-prob difference| to the exact copy (random tiny weights, k3)
@@ -23,8 +24,8 @@ LOGPROB_ATOL = {"copy": 0.0, "adapters": 1e-6, "8bit": 0.005, "4bit": 0.05}
 
 
 def module_with(kind: str, **kwargs):
-    lora = {"lora": LoraParams(rank=4)} if kind == "adapters" else {}
-    return tiny_module(kl_coef=0.1, reference=kind, **lora, **kwargs)
+    memory = MemorySettings(lora=LoraParams(rank=4) if kind == "adapters" else None)
+    return tiny_module(memory=memory, **kwargs, kl=KLSettings(coef=0.1, reference=kind))
 
 
 @torch.no_grad()
@@ -92,14 +93,15 @@ def test_reference_kinds_are_what_they_say():
     assert isinstance(adapters.reference, AdapterReference) and adapters.reference.policy is adapters.policy
     for module in (copy, int8, nf4):
         assert not any(p.requires_grad for p in module.reference.parameters())
-    assert tiny_module(kl_coef=0.1, lora=LoraParams(rank=4)).reference_kind == "adapters"  # auto
-    assert tiny_module(kl_coef=0.1).reference_kind == "copy"  # auto
+    lora = MemorySettings(lora=LoraParams(rank=4))
+    assert tiny_module(kl=KLSettings(coef=0.1), memory=lora).reference_kind == "adapters"  # auto
+    assert tiny_module(kl=KLSettings(coef=0.1)).reference_kind == "copy"  # auto
 
 
 @pytest.mark.parametrize("kind", ["auto", *KINDS])
 def test_no_reference_memory_without_kl(kind):
-    lora = {"lora": LoraParams(rank=4)} if kind == "adapters" else {}
-    module = tiny_module(kl_coef=0.0, reference=kind, **lora)
+    memory = MemorySettings(lora=LoraParams(rank=4) if kind == "adapters" else None)
+    module = tiny_module(memory=memory, kl=KLSettings(coef=0.0, reference=kind))
     assert module.reference is None
     assert weight_bytes(module) == weight_bytes(module.policy)
 
@@ -169,15 +171,16 @@ def test_8bit_layers_follow_a_device_move(exact):
 
 
 @pytest.mark.parametrize("settings, says", [
-    (dict(kl_coef=0.1, reference="adapters"), "adapters needs LoRA"),
-    (dict(kl_coef=0.1, reference="4bit", lora=LoraParams(rank=4)), "use adapters"),
-    (dict(kl_coef=0.1, reference="16bit"), "model.reference must be"),
+    (dict(kl=dict(coef=0.1, reference="adapters")), "adapters needs LoRA"),
+    (dict(kl=dict(coef=0.1, reference="4bit"), memory=dict(lora=LoraParams(rank=4))), "use adapters"),
+    (dict(kl=dict(coef=0.1, reference="16bit")), "model.kl.reference must be"),
     (dict(policy=TinyPolicy(hidden_size=32, num_layers=2, intermediate_size=64, quantization="4bit")),
-     "set model.lora"),
+     "set model.memory.lora"),
 ])
 def test_settings_that_cannot_work_are_config_errors(settings, says):
     with pytest.raises(ConfigError, match=says):
-        tiny_module(**settings)
+        kl, memory = KLSettings(**settings.pop("kl", {})), MemorySettings(**settings.pop("memory", {}))
+        tiny_module(kl=kl, memory=memory, **settings)
 
 
 def test_reset_reference_on_a_4bit_base_folds_the_adapters(exact):
@@ -186,7 +189,7 @@ def test_reset_reference_on_a_4bit_base_folds_the_adapters(exact):
     samples = exact[0]
     mask = samples.completion_mask
     policy = TinyPolicy(hidden_size=32, num_layers=2, intermediate_size=64, seed=0, quantization="4bit")
-    module = tiny_module(policy=policy, kl_coef=0.1, lora=LoraParams(rank=4))
+    module = tiny_module(policy=policy, kl=KLSettings(coef=0.1), memory=MemorySettings(lora=LoraParams(rank=4)))
     perturb(module.policy)
     before = policy_logprobs(module, samples)
     distance = masked_mean((module.reference_logprobs(samples) - before).abs(), mask)

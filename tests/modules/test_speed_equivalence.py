@@ -17,16 +17,16 @@ import copy
 
 import pytest
 import torch
-
-from callbacks.objective import Objective
 from fit_helpers import tiny_data
-from modules import InferlModule, SamplingParams, TinyPolicy
+from test_logprobs import naive_logprobs
+
+from modules import EvalSettings, GroupSettings, InferlModule, SamplingParams, TinyPolicy, UpdateSettings
 from modules.logprobs import prompt_groups, token_logprobs
 from modules.losses import aggregate, clipped_policy_loss
 from modules.module import samples_rows
+from modules.objective import Objective
 from modules.padding import left_pad, right_pad
-from modules.sampler import draw, filter_logits, sample
-from test_logprobs import naive_logprobs
+from modules.rollout.sampler import draw, filter_logits, sample
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
 
@@ -152,18 +152,20 @@ class FixedWeights(Objective):
 def test_on_policy_update_equals_recomputing_the_old_logprobs():
     import lightning as L
 
-    module = InferlModule(policy=TinyPolicy(hidden_size=32, num_layers=2, intermediate_size=64, seed=0), group_size=4,
-                          sampling=SamplingParams(max_new_tokens=6), val_samples=4, pass_k=2, ppo_epochs=1,
-                          minibatches=1, max_grad_norm=1.0, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2))
+    module = InferlModule(policy=TinyPolicy(hidden_size=32, num_layers=2, intermediate_size=64, seed=0),
+                          optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2),
+                          group=GroupSettings(size=4, sampling=SamplingParams(max_new_tokens=6)),
+                          update=UpdateSettings(ppo_epochs=1, minibatches=1, max_grad_norm=1.0),
+                          evaluation=EvalSettings(samples=4, pass_k=2))
     reference = copy.deepcopy(module.policy)
     captured = {}
-    update = module.update
+    optimize = module.optimize
 
     def capture(samples, advantages, *targets):
         captured.update(samples=samples, advantages=advantages.clone())
-        return update(samples, advantages, *targets)
+        return optimize(samples, advantages, *targets)
 
-    module.update = capture
+    module.optimize = capture
     trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, callbacks=[FixedWeights()])
