@@ -12,6 +12,7 @@ from typing import NoReturn
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from app.export import ExportSubcommand
 from callbacks.progress import StepProgressBar
@@ -90,6 +91,9 @@ def quiet_known_warnings() -> None:
     # Lightning 2.6's own use of a torch pytree class that torch 2.13 deprecates; nothing of ours
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+    # the frozen reference model stays in eval mode on purpose (no dropout in its log-probs); the policy trains
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training",
+                            category=PossibleUserWarning)
     # the checkpoint folder always holds this run's lock file (modules/run_folder.py checks what else is there)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=UserWarning,
                             module=r"lightning\.pytorch\.callbacks\.model_checkpoint")

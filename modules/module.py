@@ -138,7 +138,7 @@ class InferlModule(L.LightningModule):
         self.automatic_optimization = False
         self.policy_source = policy
         self.tokenizer = policy.load_tokenizer()
-        self.policy = policy.load_model()
+        self.policy = policy.load_model().train()  # from_pretrained returns eval mode; rollouts switch modes themselves
         if memory.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy)  # non-reentrant, recomputes each decoder layer in backward
         if memory.lora is not None:

@@ -45,7 +45,7 @@ def build_critic(kind: CriticKind, source: PolicySource | None, policy_source: P
         if source is not None and source.load_tokenizer().get_vocab() != tokenizer.get_vocab():
             raise ConfigError("model.critic.model has another tokenizer than model.policy: the critic reads the "
                               "policy's token ids; use a critic model with the policy's tokenizer")
-        model = (source or policy_source).load_model()
+        model = (source or policy_source).load_model().train()  # from_pretrained returns eval mode
         head = model.get_output_embeddings()
         if head is not None and head.weight is not model.get_input_embeddings().weight:
             head.requires_grad_(False)  # the value head reads the trunk: an LM head with no gradient breaks DDP

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from fit_helpers import tiny_module
 
 from modules.errors import ConfigError
 from modules.gguf_convert import convert_gguf, is_converted, packaged_gguf, resolve_gguf
@@ -55,6 +56,15 @@ def test_a_saved_folder_loads_through_the_checked_path(tmp_path):
     assert policy.model_folder() == str(tmp_path)
     assert policy.load_model().dtype == torch.float32 and policy.load_tokenizer().pad_token_id is not None
 
+
+
+def test_a_pretrained_policy_trains_in_train_mode(tmp_path):
+    # from_pretrained returns a model in eval mode; dropout and checkpointing must see train mode in the update
+    source = TinyPolicy(alphabet="0123456789+= ")
+    source.load_model().save_pretrained(tmp_path)
+    source.load_tokenizer().save_pretrained(tmp_path)
+    module = tiny_module(policy=PretrainedPolicy(str(tmp_path), dtype="float32"))
+    assert all(layer.training for layer in module.policy.modules())
 
 def test_gguf_file_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"model\.policy\.init_args\.gguf_file: no GGUF file"):
