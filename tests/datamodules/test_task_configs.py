@@ -109,3 +109,21 @@ def test_a_bad_key_is_rejected(capsys, monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(bad), "--print_config"])
     assert exit_info.value.code not in (0, None) and "splitt" in capsys.readouterr().err
+
+
+SMOLLM2 = sorted(p.name for p in (CONFIGS / "smollm2").glob("*.yaml"))
+SMOLLM2_OBJECTIVES = {"mean_reward": "callbacks.MeanReward", "pass_at_k": "callbacks.PassAtK",
+                      "pass_at_k_annealed": "callbacks.PassAtK", "majority_vote": "callbacks.MajorityVote",
+                      "best_of_n": "callbacks.BestOfN", "budget": "callbacks.BudgetConstrained",
+                      "pass_pow_k": "callbacks.PassPowK", "max_likelihood": "callbacks.MaxLikelihood"}
+
+
+@pytest.mark.parametrize("name", SMOLLM2)
+def test_the_real_model_configs_parse_with_one_objective_each(name, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    printed = print_config(["--config", str(CONFIGS / "smollm2" / name)], capsys)
+    objectives = [c["class_path"] for c in printed["trainer"]["callbacks"] if c["class_path"] in
+                  SMOLLM2_OBJECTIVES.values()]
+    assert objectives == [SMOLLM2_OBJECTIVES[name.removesuffix(".yaml")]]
+    assert printed["model"]["policy"]["init_args"]["name_or_path"] == "models/SmolLM2-135M-Instruct"
+    assert printed["data"]["train"]["class_path"] == "datamodules.tasks.ChatArithmetic"
