@@ -24,7 +24,7 @@ TAGS = ["val/pass@1", "val/pass@k", "val/maj@k"]
 def run(config: str, seed: int, out: str) -> dict[str, float]:
     name = f"{os.path.splitext(os.path.basename(config))[0]}_seed{seed}"
     command = [sys.executable, "-m", "app", "fit", "--config", config, "--seed_everything", str(seed),
-               "--model.seed", str(seed), "--model.policy.init_args.seed", str(seed), "--data.seed", str(seed),
+               "--model.group.seed", str(seed), "--model.policy.init_args.seed", str(seed), "--data.seed", str(seed),
                "--trainer.logger.init_args.save_dir", out, "--trainer.logger.init_args.name", name,
                "--trainer.logger.init_args.version", "0", "--checkpoint.dirpath", os.path.join(out, name, "ckpt"),
                "--trainer.enable_progress_bar", "false"]

@@ -37,15 +37,17 @@ def model_folder() -> Path:
 
 def fit(root: Path, model_folder: Path, **model_overrides) -> Path:
     """A 2-step CLI fit of the real model on the chat task (1 prompt x 4 samples, greedy validation on 2 held-out
-    prompts after step 2), checkpoints every step; the rollouts are recorded in <root>/rollouts.json."""
+    prompts after step 2), checkpoints every step; the rollouts are recorded in <root>/rollouts.json. No weight
+    decay, so a weight that changed was moved by the policy gradient."""
     config = yaml.safe_load((REPO / "configs" / "smollm2" / "mean_reward.yaml").read_text())
     config["trainer"].update(max_steps=2, val_check_interval=2, enable_progress_bar=False, enable_model_summary=False)
     config["trainer"]["logger"]["init_args"].update(save_dir=str(root), name="logs")
-    config["trainer"]["callbacks"] = [
-        {"class_path": "callbacks.MeanReward"},
+    config["trainer"]["callbacks"] = [  # a length penalty: rewards differ within a group, so every step updates
+        {"class_path": "callbacks.MeanReward", "init_args": {"length_penalty": 0.01}},
         {"class_path": "real_model_probe.RolloutRecorder", "init_args": {"path": str(root / "rollouts.json")}}]
     config["checkpoint"].update(dirpath=str(root / "ckpt"), every_n_train_steps=1)
     config["model"]["policy"]["init_args"]["name_or_path"] = str(model_folder)
+    config["model"]["optimizer"]["init_args"].update(weight_decay=0.0)  # weights change only through the gradient
     config["model"].update(group={"size": 4, "sampling": {"max_new_tokens": 32}},
                            evaluation={"samples": 1, "pass_k": 1, "ks": [1],
                                        "sampling": {"temperature": 0.0, "max_new_tokens": 48}},
@@ -144,7 +146,7 @@ def test_export_reloads_with_the_same_tokens_and_greedy_answer(run, tokenizer, t
 
 def test_lora_on_the_real_model_trains_only_the_adapters(tmp_path, model_folder):
     run = fit(tmp_path, model_folder, memory={"lora": {"rank": 8, "alpha": 16, "target_modules": "all-linear"}},
-              optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 1.0e-3}})
+              optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 1.0e-3, "weight_decay": 0.0}})
     base = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32).state_dict()
     trained = policy_state(run / "ckpt" / "last.ckpt")
     adapters = {key: value for key, value in trained.items() if "lora_" in key}
