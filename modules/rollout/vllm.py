@@ -33,6 +33,7 @@ import importlib
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -98,9 +99,14 @@ def import_vllm():
     """Import vllm for an in-process engine (V1 multiprocessing off: the engine core lives in this process, next to
     the trainer's weights), or fail in one line saying how to install it."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # not an INFO line per weight reload on the console
+    # vLLM's start-up warnings are about its own build and settings inferl chose (eager on CPU, in-process engine), not
+    # something a user of inferl can act on; VLLM_LOGGING_LEVEL=WARNING brings them back
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
-        vllm = importlib.import_module("vllm")
+        with warnings.catch_warnings():  # vLLM's own use of a deprecated torch.distributed name, at import
+            warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated",
+                                    category=FutureWarning)
+            vllm = importlib.import_module("vllm")
     except ImportError as error:
         raise ConfigError("model.rollout is modules.rollout.VLLMRollout but vllm is not importable "
                           f"({error}); install it with `pip install 'inferl[vllm]'` (GPU) or `bash scripts/setup.sh "
