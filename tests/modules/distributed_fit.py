@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
-from fit_helpers import tiny_data, tiny_module  # noqa: E402
+from fit_helpers import strategy_for, tiny_data, tiny_module  # noqa: E402
 
 from datamodules.types import Groups  # noqa: E402
 from modules import CriticSettings, KLSettings, SamplingParams, UpdateSettings  # noqa: E402
@@ -106,18 +106,6 @@ class StatsTap(L.Callback):
             return stats
 
         pl_module.optimize = tapped
-
-
-def strategy_for(name: str):
-    if name == "fsdp":
-        from modules.sharding import FSDP2Strategy
-
-        return FSDP2Strategy()
-    if name == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        return DDPStrategy()
-    return "auto"
 
 
 def build(strategy: str, devices: int, batch_size: int, steps: int, out: Path, tag: str,

@@ -43,3 +43,16 @@ def tiny_trainer(max_steps: int, callbacks: list | None = None, **kwargs) -> L.T
                     limit_val_batches=0)
     settings.update(kwargs)
     return L.Trainer(callbacks=[MeanReward(), *(callbacks or [])], **settings)
+
+
+def strategy_for(name: str):
+    """The Lightning strategy a test script names: "fsdp" (inferl's FSDP2), "ddp", or "auto" for anything else."""
+    if name == "fsdp":
+        from modules.sharding import FSDP2Strategy
+
+        return FSDP2Strategy()
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy()
+    return "auto"

@@ -21,7 +21,7 @@ sys.path[:0] = [str(HERE.parents[2]), str(HERE.parent)]
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from fit_helpers import tiny_data  # noqa: E402
+from fit_helpers import strategy_for, tiny_data  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 from callbacks import MeanReward  # noqa: E402
@@ -87,18 +87,6 @@ class Recorder(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.path.with_name(f"{self.path.name}-rank{trainer.global_rank}.json").write_text(json.dumps(self.record))
-
-
-def strategy_for(name: str):
-    if name == "fsdp":
-        from modules.sharding import FSDP2Strategy
-
-        return FSDP2Strategy()
-    if name == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        return DDPStrategy()
-    return "auto"
 
 
 def build(strategy: str, devices: int, steps: int, out: Path, tag: str, lora: bool = False,
