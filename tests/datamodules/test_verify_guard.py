@@ -14,15 +14,22 @@ import torch
 
 from datamodules import PromptDataModule, PromptRecord, Verdict
 from datamodules.tasks import Arithmetic, Task
-from datamodules.verify_guard import MAX_HUNG_CALLS
 from modules.groups import to_groups
 
 RELEASE = threading.Event()  # set at the end of each test: hung verifier calls return, their threads end
+WAITED_OUT: list[int] = []  # hung calls that ran their whole 60 s: only possible if something waited for them
+
+
+def hang() -> None:
+    """The probe's verify() that sleeps 60 s (released early by RELEASE)."""
+    if not RELEASE.wait(60):
+        WAITED_OUT.append(1)
 
 
 @pytest.fixture(autouse=True)
 def release_hung_calls():
     RELEASE.clear()
+    WAITED_OUT.clear()
     yield
     RELEASE.set()
 
@@ -42,7 +49,7 @@ class Scripted(Task):
         if completion == "exit":
             raise SystemExit(3)
         if completion == "hang":
-            RELEASE.wait(60)  # the probe's verify() that sleeps 60 s
+            hang()
             return Verdict(1.0)
         return {"ok": Verdict(1.0, answer="x", score=0.5), "nan": Verdict(math.nan), "inf": Verdict(-math.inf),
                 "none": Verdict(None), "string": Verdict("1.0"), "int": Verdict(1),
@@ -79,11 +86,9 @@ def test_numbers_are_normalised_to_float():
 
 def test_a_hanging_verify_is_cut_at_its_time_limit_and_cannot_stall_the_batch():
     task = Scripted(verify_timeout_s=0.3)
-    start = time.monotonic()
     data, verdicts = verify(task, ["hang", "ok", "hang", "hang", "ok", "hang"])
-    took = time.monotonic() - start
-    # the first MAX_HUNG_CALLS hangs each cost their limit; later calls are not started while those still run
-    assert took < MAX_HUNG_CALLS * 0.3 + 2, took
+    # returned while the hung calls still hang: nothing waited for them (later calls are not started meanwhile)
+    assert not WAITED_OUT and not RELEASE.is_set()
     assert [v.reward for v in verdicts] == [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     assert verdicts[0].error == "timeout: the verifier ran past verify_timeout_s=0.3 s"
     assert "still running past verify_timeout_s" in verdicts[4].error  # refused, not started
@@ -103,7 +108,7 @@ class BatchVerifier(Scripted):
         if completions[0] == "short":
             return [Verdict(1.0)]
         if completions[0] == "hang":
-            RELEASE.wait(60)
+            hang()
         return [self.verify(r, c) for r, c in zip(records, completions)]
 
 
@@ -115,9 +120,8 @@ def test_a_batch_verifier_is_held_to_the_contract_too():
     assert all(v.error == "exception: RuntimeError: bug in the reward function" for v in verdicts)
     _, verdicts = verify(task, ["short", "ok"])
     assert all(v.error == "bad_type: verify_batch returned 1 items for 2 completions" for v in verdicts)
-    start = time.monotonic()
     _, verdicts = verify(task, ["hang", "ok"])  # the batch's limit: 0.2 s per completion
-    assert time.monotonic() - start < 2 and all(v.error.startswith("timeout: ") for v in verdicts)
+    assert not WAITED_OUT and all(v.error.startswith("timeout: ") for v in verdicts)
 
 
 def test_the_first_failure_of_each_kind_is_logged_once_with_record_and_place(caplog):
@@ -156,7 +160,7 @@ class FlakyArithmetic(Arithmetic):
         if mode == 3:
             raise ValueError("reward function bug")
         if mode == 4:
-            RELEASE.wait(60)
+            hang()
         return super().verify(record, completion)
 
 
@@ -181,9 +185,8 @@ def test_training_with_a_faulty_verifier_runs_to_the_end_and_logs_each_kind(tmp_
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, val_check_interval=3, check_val_every_n_epoch=None,
                         limit_val_batches=1, log_every_n_steps=1)
-    start = time.monotonic()
     trainer.fit(module, datamodule=PromptDataModule(train=task, val=task, batch_size=2, val_batch_size=4))
-    assert trainer.global_step == 3 and time.monotonic() - start < 120
+    assert trainer.global_step == 3 and not WAITED_OUT  # no step waited out a hung call
     events = EventAccumulator(str(logger.log_dir), size_guidance={"scalars": 0})
     events.Reload()
 
